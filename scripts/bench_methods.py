@@ -1,0 +1,74 @@
+"""Methods table on the mini world: for each method and target kind (object 'circle',
+style 'striped', unsafe 'hex mark'), the share of forget-prompt images that still
+show the target and the share of retain-prompt images drawn as asked, before and
+after erasure, with erase time, peak RSS and parameters changed.
+
+Every method runs at its documented defaults; nothing is tuned per target.
+Writes out/bench/methods.json and prints a Markdown table.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import sys
+from pathlib import Path
+
+os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
+os.environ.setdefault("DIFFUSERS_VERBOSITY", "error")
+
+RUNS = [("uce", []), ("esd", ["train_method=xattn"]), ("esd", ["train_method=noxattn"])]
+
+
+def main():
+    import warnings
+
+    warnings.filterwarnings("ignore")
+    from igmu.generate import GenSettings
+    from igmu.methods.artifact import load_artifact, run_erase
+    from igmu.models.load import load_pipeline
+    from igmu.world.erasure_checks import TARGETS, measure
+    from igmu.world.judges import Detector
+
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--n", type=int, default=24, help="forget and retain prompts per target")
+    ap.add_argument("--out", default="out/bench/methods.json")
+    ap.add_argument("--methods", default="", help="comma-separated subset of uce,esd,esd-u")
+    a = ap.parse_args()
+    det, s = Detector.load(), GenSettings()
+    work = Path("out/bench/artifacts")
+    base = load_pipeline("mini")
+    rows = []
+    before = {k: measure(base, det, k, s, a.n) for k in TARGETS}
+    for method, sets in RUNS:
+        label = "esd-u" if "train_method=noxattn" in sets else ("esd-x" if method == "esd" else method)
+        if a.methods and label not in a.methods.split(","):
+            continue
+        for kind, target in TARGETS.items():
+            art = work / f"{label}-{kind}"
+            shutil.rmtree(art, ignore_errors=True)
+            run_erase("mini", method, [target], None, [], None, sets, art)
+            cost = load_artifact(art)[0]["cost"]
+            after = measure(load_pipeline(str(art)), det, kind, s, a.n)
+            rows.append({"method": label, "kind": kind, "target": target, "before": before[kind], "after": after,
+                         "cost": cost})
+            print(f"{label:6s} {kind:7s} forget {before[kind]['forget_target_shown']:.2f} -> "
+                  f"{after['forget_target_shown']:.2f}  retain {before[kind]['retain_as_asked']:.2f} -> "
+                  f"{after['retain_as_asked']:.2f}  {cost['erase_seconds']:.1f}s", flush=True)
+    Path(a.out).parent.mkdir(parents=True, exist_ok=True)
+    Path(a.out).write_text(json.dumps(rows, indent=1))
+    print("\n| method | target | forget: target shown (before -> after) | retain: as asked (before -> after) | "
+          "erase s | peak RSS MB | params changed |\n|---|---|---|---|---|---|---|")
+    for r in rows:
+        extra = (f", figure kept {r['after']['forget_carrier_kept']:.0%}" if "forget_carrier_kept" in r["after"] else "")
+        print(f"| {r['method']} | {r['kind']}: {r['target']} | {r['before']['forget_target_shown']:.0%} -> "
+              f"{r['after']['forget_target_shown']:.0%}{extra} | {r['before']['retain_as_asked']:.0%} -> "
+              f"{r['after']['retain_as_asked']:.0%} | {r['cost']['erase_seconds']:.1f} | "
+              f"{r['cost']['peak_rss_mb']:.0f} | {r['cost']['params_changed']:,} |")
+    print(f"(n = {a.n} forget and {a.n} retain images per cell)")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,93 @@
+"""The Eraser interface and registry.
+
+An eraser takes a pipeline and an `EraseRequest` and returns the tensors it
+changed, keyed `<component>.<parameter name>` (e.g. `unet.down_blocks.0...to_v.weight`).
+Artifacts (artifact.py) store exactly those tensors plus a manifest.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import ClassVar
+
+import yaml
+from pydantic import BaseModel, ConfigDict, ValidationError
+
+from ..errors import UserError
+
+
+class MethodConfig(BaseModel):
+    """Hyper-parameters of a method; unknown options are errors."""
+    model_config = ConfigDict(extra="forbid")
+
+
+@dataclass
+class EraseRequest:
+    targets: list[str]
+    anchor: str | None = None
+    preserve: list[str] = field(default_factory=list)
+
+
+class Eraser:
+    name: ClassVar[str]
+    summary: ClassVar[str]  # one line on the mechanism
+    changes: ClassVar[str]  # which parts of the model it changes
+    source: ClassVar[str]  # paper and official code
+    multi_concept: ClassVar[bool] = False
+    Config: ClassVar[type[MethodConfig]] = MethodConfig
+
+    progress_factory = None  # set by the runner: total -> advance(k, **info)
+
+    def progress(self, total: int):
+        if self.progress_factory is None:
+            return lambda k=1, **info: None
+        return self.progress_factory(total)
+
+    def check(self, pipe, req: EraseRequest, cfg) -> None:
+        """Raise UserError when this method cannot edit this model or request."""
+
+    def erase(self, pipe, req: EraseRequest, cfg) -> dict:
+        raise NotImplementedError
+
+
+REGISTRY: dict[str, type[Eraser]] = {}
+
+
+def register(cls: type[Eraser]) -> type[Eraser]:
+    REGISTRY[cls.name] = cls
+    return cls
+
+
+def get_method(name: str) -> Eraser:
+    if name not in REGISTRY:
+        raise UserError(f"unknown method {name!r}; available: {', '.join(sorted(REGISTRY))}")
+    return REGISTRY[name]()
+
+
+def parse_config(method: Eraser, config_file: str | None = None, sets: list[str] | None = None) -> MethodConfig:
+    """Defaults <- YAML file <- key=value overrides; unknown keys and bad values are one-line errors."""
+    values: dict = {}
+    if config_file:
+        try:
+            with open(config_file) as f:
+                loaded = yaml.safe_load(f) or {}
+        except OSError as e:
+            raise UserError(f"cannot read --config {config_file}: {e.strerror}") from None
+        except yaml.YAMLError as e:
+            raise UserError(f"--config {config_file} is not valid YAML: {str(e).splitlines()[0]}") from None
+        if not isinstance(loaded, dict):
+            raise UserError(f"--config {config_file} must be a mapping of option: value")
+        values.update(loaded)
+    for s in sets or []:
+        if "=" not in s:
+            raise UserError(f"--set takes key=value, got {s!r}")
+        k, v = s.split("=", 1)
+        values[k.strip()] = yaml.safe_load(v)
+    fields = method.Config.model_fields
+    unknown = [k for k in values if k not in fields]
+    if unknown:
+        raise UserError(f"method {method.name} has no option {unknown[0]!r}; its options: {', '.join(fields)}")
+    try:
+        return method.Config(**values)
+    except ValidationError as e:
+        err = e.errors()[0]
+        raise UserError(f"bad value for {method.name} option {'.'.join(map(str, err['loc']))}: {err['msg']}") from None

@@ -1,0 +1,102 @@
+"""Mechanics shared by several methods: prompt encoding, cross-attention discovery,
+and the closed-form least-squares edit of projection matrices (UCE, and later MACE, RECE)."""
+from __future__ import annotations
+
+import torch
+
+from ..errors import UserError
+
+
+def check_prompt(pipe, text: str, what: str = "target") -> None:
+    """A concept must be non-empty and fit the tokenizer's context."""
+    if not text or not text.strip():
+        raise UserError(f"empty {what}; give the concept as text, e.g. --target \"circle\"")
+    tok = pipe.tokenizer
+    n = len(tok(text).input_ids)
+    if n > tok.model_max_length:
+        raise UserError(f"{what} {text!r} is {n} tokens; this model's tokenizer takes at most {tok.model_max_length}")
+
+
+@torch.no_grad()
+def encode(pipe, texts: list[str]) -> tuple[torch.Tensor, torch.Tensor]:
+    """Text-encoder hidden states (N x L x D) and attention masks (N x L), padded to the model's length."""
+    tok = pipe.tokenizer
+    ids = tok(texts, padding="max_length", max_length=tok.model_max_length, truncation=True, return_tensors="pt")
+    hs = pipe.text_encoder(ids.input_ids.to(pipe.text_encoder.device))[0]
+    return hs, ids.attention_mask
+
+
+def cross_attentions(unet) -> list[tuple[str, torch.nn.Module]]:
+    """(name, Attention) for every cross-attention (attn2) in the UNet, in module order."""
+    out = [(n, m) for n, m in unet.named_modules() if n.endswith("attn2") and hasattr(m, "to_k")]
+    out = [(n, m) for n, m in out if getattr(m, "is_cross_attention", True)]
+    if not out:
+        raise UserError("this model's UNet has no cross-attention layers (attn2), so this method cannot edit it")
+    return out
+
+
+def closed_form_edit(W: torch.Tensor, keys: torch.Tensor, values: torch.Tensor, keep: torch.Tensor | None,
+                     lamb: float, erase_scale: float, preserve_scale: float) -> torch.Tensor:
+    """argmin_W'  erase_scale * sum_i ||W' k_i - v_i||^2 + preserve_scale * sum_j ||W' c_j - W c_j||^2
+    + lamb * ||W' - W||_F^2  (UCE, Gandikota et al. 2024, eq. 7), solved in closed form:
+
+        W' = (lamb W + erase_scale V K^T + preserve_scale W C C^T) (lamb I + erase_scale K K^T + preserve_scale C C^T)^-1
+
+    keys K: n x d_in (rows are k_i), values V: n x d_out, keep C: m x d_in.
+    """
+    W64 = W.double()
+    K, V = keys.double(), values.double()
+    mat1 = lamb * W64 + erase_scale * V.T @ K
+    mat2 = lamb * torch.eye(W.shape[1], dtype=torch.float64) + erase_scale * K.T @ K
+    if keep is not None and len(keep):
+        C = keep.double()
+        mat1 = mat1 + preserve_scale * (W64 @ C.T) @ C
+        mat2 = mat2 + preserve_scale * C.T @ C
+    return torch.linalg.solve(mat2, mat1.T).T.to(W.dtype)  # mat1 @ inv(mat2), solved stably
+
+
+def trainable(unet, which: str) -> list[tuple[str, torch.nn.Parameter]]:
+    """Parameters of the Linear/Conv2d modules that ESD-style fine-tuning updates.
+
+    'xattn': inside cross-attention (attn2); 'noxattn': everything else; 'full': all;
+    'xattn-strict': only attn2 to_k/to_v (names as in the official ESD code).
+    """
+    out = []
+    for name, module in unet.named_modules():
+        if not isinstance(module, (torch.nn.Linear, torch.nn.Conv2d)):
+            continue
+        inside = ".attn2." in f".{name}."
+        pick = {"xattn": inside, "noxattn": not inside, "full": True,
+                "xattn-strict": inside and name.rsplit(".", 1)[-1] in ("to_k", "to_v")}[which]
+        if pick:
+            out += [(f"{name}.{n}", p) for n, p in module.named_parameters(recurse=False)]
+    if not out:
+        raise UserError(f"this model has no parameters of kind {which!r} to fine-tune")
+    return out
+
+
+def cfg_noise(unet, x, t, cond, uncond, guidance: float) -> torch.Tensor:
+    """Classifier-free guided model output: uncond + g (cond - uncond)."""
+    out = unet(torch.cat([x, x]), t, encoder_hidden_states=torch.cat([uncond, cond])).sample
+    u, c = out.chunk(2)
+    return u + guidance * (c - u)
+
+
+@torch.no_grad()
+def sample_until(pipe, unet, cond, uncond, steps: int, stop: int, guidance: float, generator) -> tuple:
+    """Run the pipeline's sampler for `stop` of `steps` steps from seeded noise.
+
+    Returns (x_t, t): the partially denoised latents and the timestep they sit at.
+    This is how ESD and its descendants draw training latents of the concept.
+    """
+    sched = type(pipe.scheduler).from_config(pipe.scheduler.config)
+    sched.set_timesteps(steps)
+    c = unet.config.in_channels
+    size = unet.config.sample_size
+    x = torch.randn((cond.shape[0], c, size, size), generator=generator).to(cond.device, cond.dtype)
+    x = x * sched.init_noise_sigma
+    for t in sched.timesteps[:stop]:
+        xin = sched.scale_model_input(x, t)
+        x = sched.step(cfg_noise(unet, xin, t, cond, uncond, guidance), t, x).prev_sample
+    t = sched.timesteps[stop]
+    return sched.scale_model_input(x, t), t

@@ -1,0 +1,78 @@
+"""Load any diffusers text-to-image pipeline: the shipped mini model, a local folder, or a hub id."""
+from __future__ import annotations
+
+import json
+import os
+import re
+from pathlib import Path
+
+from ..errors import UserError
+
+MINI_DIR = Path(__file__).resolve().parent.parent / "world" / "assets" / "mini-sd"
+_HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
+
+
+def resolve_model(spec: str) -> str:
+    """'mini', a local pipeline folder or a hub id -> what from_pretrained should get; UserError otherwise."""
+    if not spec or not spec.strip():
+        raise UserError("empty --model; give 'mini', a local diffusers pipeline folder, or a hub id")
+    if spec == "mini":
+        if not (MINI_DIR / "model_index.json").is_file():
+            raise UserError(f"the shipped mini model is missing at {MINI_DIR}; rebuild it (see README: Rebuilding)")
+        return str(MINI_DIR)
+    p = Path(spec).expanduser()
+    if p.exists():
+        if not p.is_dir():
+            raise UserError(f"--model {spec} is a file, not a diffusers pipeline folder")
+        idx = p / "model_index.json"
+        if not idx.is_file():
+            raise UserError(f"--model {spec} is not a diffusers pipeline folder (no model_index.json in it)")
+        try:
+            json.loads(idx.read_text())
+        except (OSError, json.JSONDecodeError) as e:
+            raise UserError(f"--model {spec}: model_index.json is unreadable ({e})") from None
+        return str(p)
+    if _HUB_ID.match(spec) and not spec.startswith((".", "/", "~")):
+        return spec  # a hub id: tried by from_pretrained, offline-safe error below
+    raise UserError(f"unknown model {spec!r}: no such folder; give 'mini', a local diffusers pipeline folder, or a hub id")
+
+
+def load_pipeline(spec: str, device: str = "cpu", dtype=None):
+    """A diffusers DiffusionPipeline for text-to-image, with the progress bar off and no safety checker.
+
+    `spec` may also be an igmu artifact folder: its base model is loaded and the artifact applied.
+    """
+    from diffusers import DiffusionPipeline
+    from diffusers.utils import logging as diffusers_logging
+    from transformers.utils import logging as transformers_logging
+
+    from ..methods.artifact import apply_tensors, is_artifact, load_artifact
+
+    diffusers_logging.disable_progress_bar()
+    transformers_logging.disable_progress_bar()
+
+    if spec and is_artifact(spec):
+        manifest, tensors = load_artifact(spec)
+        pipe = load_pipeline(manifest["base_model"], device, dtype)
+        apply_tensors(pipe, tensors)
+        return pipe
+
+    where = resolve_model(spec)
+    kwargs = {}
+    if dtype is not None:
+        kwargs["torch_dtype"] = dtype
+    try:
+        pipe = DiffusionPipeline.from_pretrained(where, safety_checker=None, requires_safety_checker=False,
+                                                 local_files_only=os.path.isdir(where), **kwargs)
+    except Exception as e:  # a user-facing load: report the cause in one line
+        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        if os.path.isdir(where):
+            raise UserError(f"could not load pipeline from {where}: {first}") from None
+        raise UserError(f"could not load {spec!r}: not a local folder, and the hub gave: {first}") from None
+    for name in ("unet", "text_encoder", "tokenizer", "vae"):
+        if getattr(pipe, name, None) is None:
+            raise UserError(f"{spec!r} is not a Stable-Diffusion-style text-to-image pipeline (it has no {name})")
+    pipe.set_progress_bar_config(disable=True)
+    if device != "cpu":
+        pipe.to(device)
+    return pipe

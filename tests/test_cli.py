@@ -1,0 +1,40 @@
+import subprocess
+import sys
+
+
+def _cli(*args):
+    return subprocess.run([sys.executable, "-m", "igmu.cli", *args], capture_output=True, text=True)
+
+
+def _one_line_error(r, needle):
+    assert r.returncode == 2, (r.stdout, r.stderr)
+    lines = [ln for ln in r.stderr.splitlines() if ln.strip()]
+    assert len(lines) == 1 and lines[0].startswith("error: ") and needle in lines[0], r.stderr
+
+
+def test_world_train_rejects_bad_stage_and_data(tmp_path):
+    _one_line_error(_cli("world", "train", "bogus", "--data", str(tmp_path)), "unknown stage")
+    _one_line_error(_cli("world", "train", "vae", "--data", str(tmp_path / "none")), "not a DataIGM-mini folder")
+
+
+def test_world_render_and_build_data(tmp_path):
+    r = _cli("world", "render", "--out", str(tmp_path / "grid.png"), "-n", "16")
+    assert r.returncode == 0, r.stderr
+    assert (tmp_path / "grid.png").is_file() and (tmp_path / "grid.json").is_file()
+    r = _cli("world", "build-data", "--out", str(tmp_path / "d"), "--n-train", "5", "--n-test", "2")
+    assert r.returncode == 0, r.stderr
+    assert (tmp_path / "d" / "train" / "metadata.jsonl").is_file()
+    _one_line_error(_cli("world", "build-data", "--out", str(tmp_path / "e"), "--n-train", "0"), "at least 1")
+
+
+def test_generate_requires_a_prompt(tmp_path):
+    _one_line_error(_cli("generate", "--out", str(tmp_path / "o")), "no prompt")
+
+
+def test_erase_errors_are_one_line(tmp_path):
+    _one_line_error(_cli("erase", "--method", "nope", "--target", "circle", "--out", str(tmp_path / "a")),
+                    "unknown method 'nope'; available:")
+    _one_line_error(_cli("erase", "--method", "uce", "--target", "circle", "--set", "bogus=1",
+                         "--out", str(tmp_path / "a")), "has no option 'bogus'")
+    _one_line_error(_cli("export", str(tmp_path), "--out", str(tmp_path / "m")), "not an igmu artifact")
+    assert not (tmp_path / "a").exists()

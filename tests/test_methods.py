@@ -1,0 +1,103 @@
+import json
+
+import pytest
+import torch
+
+from igmu.errors import UserError
+from igmu.methods.artifact import export_merged, load_artifact, run_erase
+from igmu.methods.common import cross_attentions, encode
+from igmu.models.load import load_pipeline
+
+
+@pytest.mark.parametrize("kind", ["sd1", "sd2"])
+def test_uce_maps_target_onto_anchor_and_keeps_preserved(kind, tiny_sd1, tiny_sd2, tmp_path):
+    base = str(tiny_sd1 if kind == "sd1" else tiny_sd2)
+    art = run_erase(base, "uce", ["circle"], "square", ["star"], None, ["lamb=0.01"], tmp_path / "a")
+    manifest, tensors = load_artifact(art)
+    assert manifest["method"] == "uce" and manifest["targets"] == ["circle"]
+    assert manifest["cost"]["params_changed"] > 0 and manifest["base_model_hash"]
+    assert all(".attn2.to_" in k for k in tensors)
+
+    orig, edited = load_pipeline(base), load_pipeline(str(art))
+    hs, mask = encode(orig, ["circle", "square", "star"])
+    last = int(mask[0].sum()) - 2  # the word token; "circle" and "square" are one token each here
+    (name, a0), = [x for x in cross_attentions(orig.unet)][:1]
+    a1 = dict(cross_attentions(edited.unet))[name]
+    tgt, anc, keep = hs[0, last], hs[1, last], hs[2]
+    before = (a0.to_v(tgt) - a0.to_v(anc)).norm()
+    after = (a1.to_v(tgt) - a0.to_v(anc)).norm()
+    assert after < 0.2 * before  # the target's value now looks like the anchor's
+    drift = (a1.to_v(keep) - a0.to_v(keep)).norm() / a0.to_v(keep).norm()
+    assert drift < 0.2  # the preserved concept barely moves
+
+
+def test_uce_several_targets_and_export(tiny_sd1, tmp_path):
+    from diffusers import StableDiffusionPipeline
+
+    art = run_erase(str(tiny_sd1), "uce", ["circle", "star"], None, [], None, [], tmp_path / "a")
+    out = export_merged(art, tmp_path / "merged")
+    merged = StableDiffusionPipeline.from_pretrained(str(out))
+    _, tensors = load_artifact(art)
+    k = next(iter(tensors))
+    assert torch.equal(dict(merged.unet.named_parameters())[k.split(".", 1)[1]].detach(), tensors[k])
+    assert json.loads((out / "igmu_artifact_manifest.json").read_text())["targets"] == ["circle", "star"]
+
+
+def test_erase_bad_inputs(tiny_sd1, tmp_path):
+    base = str(tiny_sd1)
+    with pytest.raises(UserError, match="unknown method 'nope'; available: .*uce"):
+        run_erase(base, "nope", ["circle"], None, [], None, [], tmp_path / "a")
+    with pytest.raises(UserError, match="has no option 'lr'"):
+        run_erase(base, "uce", ["circle"], None, [], None, ["lr=1"], tmp_path / "a")
+    with pytest.raises(UserError, match="bad value"):
+        run_erase(base, "uce", ["circle"], None, [], None, ["lamb=-1"], tmp_path / "a")
+    with pytest.raises(UserError, match="no --target"):
+        run_erase(base, "uce", [], None, [], None, [], tmp_path / "a")
+    with pytest.raises(UserError, match="empty target"):
+        run_erase(base, "uce", [""], None, [], None, [], tmp_path / "a")
+    with pytest.raises(UserError, match="at most"):
+        run_erase(base, "uce", ["circle " * 40], None, [], None, [], tmp_path / "a")
+    assert not (tmp_path / "a").exists()
+
+
+def test_model_without_cross_attention_is_refused(tmp_path):
+    from diffusers import UNet2DConditionModel
+
+    from igmu.models.tiny import make_tiny_pipeline
+
+    pipe = make_tiny_pipeline("sd1")
+    pipe.unet = UNet2DConditionModel(sample_size=8, in_channels=4, out_channels=4, layers_per_block=1,
+                                     block_out_channels=(16, 32), down_block_types=("DownBlock2D",) * 2,
+                                     up_block_types=("UpBlock2D",) * 2, mid_block_type=None, norm_num_groups=8,
+                                     cross_attention_dim=32)
+    pipe.register_modules(unet=pipe.unet)
+    pipe.save_pretrained(str(tmp_path / "nocross"))
+    with pytest.raises(UserError, match="no cross-attention"):
+        run_erase(str(tmp_path / "nocross"), "uce", ["circle"], None, [], None, [], tmp_path / "a")
+
+
+@pytest.mark.parametrize("kind,method", [("sd1", "xattn"), ("sd2", "noxattn")])
+def test_esd_changes_only_its_layers_and_moves_the_concept(kind, method, tiny_sd1, tiny_sd2, tmp_path):
+    base = str(tiny_sd1 if kind == "sd1" else tiny_sd2)
+    sets = [f"train_method={method}", "iterations=4", "sample_steps=4", "lr=1e-3"]
+    art = run_erase(base, "esd", ["circle"], None, [], None, sets, tmp_path / "a")
+    manifest, tensors = load_artifact(art)
+    assert manifest["config"]["train_method"] == method and manifest["cost"]["params_changed"] > 0
+    inside = [".attn2." in k for k in tensors]
+    assert all(inside) if method == "xattn" else not any(inside)
+    orig, edited = load_pipeline(base), load_pipeline(str(art))
+    x = torch.randn(1, 4, 8, 8, generator=torch.Generator().manual_seed(0))
+    c = encode(orig, ["circle"])[0]
+    assert not torch.allclose(orig.unet(x, 500, c).sample, edited.unet(x, 500, c).sample)
+
+
+def test_esd_is_deterministic(tiny_sd1, tmp_path):
+    sets = ["iterations=2", "sample_steps=3"]
+    a = load_artifact(run_erase(str(tiny_sd1), "esd", ["star"], None, [], None, sets, tmp_path / "a"))[1]
+    b = load_artifact(run_erase(str(tiny_sd1), "esd", ["star"], None, [], None, sets, tmp_path / "b"))[1]
+    assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_single_concept_method_refuses_two_targets(tiny_sd1, tmp_path):
+    with pytest.raises(UserError, match="one concept at a time"):
+        run_erase(str(tiny_sd1), "esd", ["circle", "star"], None, [], None, [], tmp_path / "a")
