@@ -41,6 +41,6 @@ def test_mini_clip_prefers_the_right_caption():
     scenes = [sample_scene(rng) for _ in range(200)]
     imgs = np.stack([render(s) for s in scenes])
     acc, n = caption_retrieval_accuracy(clip, imgs, [canonical(s) for s in scenes])
-    assert acc > 0.7 and n > 50
+    assert acc >= 0.9 and n > 50  # the card's target; 98.98% on 4,000 fresh renders
     s = clip.score(imgs[:2], [canonical(scenes[0]), canonical(scenes[1])])
     assert s.shape == (2,) and (s >= 0).all() and (s <= 100).all()

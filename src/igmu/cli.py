@@ -173,7 +173,14 @@ STAGES = ("vae", "unet", "detector", "clip")
 def train_cmd(stage: str = typer.Argument(..., help="vae | unet | detector | clip"),
               data: Path = typer.Option(Path("data/dataigm-mini"), "--data"),
               work: Path = typer.Option(Path("runs/mini"), "--work", help="Checkpoints (vae, unet); resumable."),
-              steps: Optional[int] = typer.Option(None, "--steps"), seed: int = typer.Option(0, "--seed")):
+              steps: Optional[int] = typer.Option(None, "--steps"), seed: int = typer.Option(0, "--seed"),
+              batch: Optional[int] = typer.Option(None, "--batch"), lr: Optional[float] = typer.Option(None, "--lr"),
+              device: str = typer.Option("cpu", "--device", help="cpu | cuda | auto (unet, clip)"),
+              init_from: Optional[Path] = typer.Option(None, "--init-from",
+                                                       help="unet: start from this pipeline folder's weights"),
+              stop_at: Optional[int] = typer.Option(None, "--stop-at", help="unet: stop after this step"),
+              uniform: bool = typer.Option(False, "--uniform",
+                                           help="unet: sample scene kinds uniformly (no two-object over-sampling)")):
     """Train one stage of the mini model or of the judges (resumes from --work checkpoints)."""
     from .world.data import load_split  # noqa: F401  (validates --data below)
 
@@ -181,13 +188,26 @@ def train_cmd(stage: str = typer.Argument(..., help="vae | unet | detector | cli
         raise UserError(f"unknown stage {stage!r}; choose one of: {', '.join(STAGES)}")
     if not (data / "train" / "metadata.jsonl").is_file():
         raise UserError(f"{data} is not a DataIGM-mini folder; build it with: igmu world build-data --out {data}")
-    kw = {"seed": seed} | ({"steps": steps} if steps else {})
+    for name, v in (("--steps", steps), ("--batch", batch), ("--stop-at", stop_at)):
+        if v is not None and v < 1:
+            raise UserError(f"{name} must be at least 1, got {v}")
+    if lr is not None and lr <= 0:
+        raise UserError(f"--lr must be positive, got {lr}")
+    if device not in ("cpu", "cuda", "auto") and not device.startswith("cuda:"):
+        raise UserError(f"--device must be cpu, cuda or auto, got {device!r}")
+    if (init_from or stop_at or uniform) and stage != "unet":
+        raise UserError("--init-from, --stop-at and --uniform apply to the unet stage only")
+    if init_from and not (init_from / "unet" / "config.json").is_file():
+        raise UserError(f"--init-from {init_from} is not a diffusers pipeline folder (no unet/config.json)")
+    kw = {"seed": seed} | {k: v for k, v in (("steps", steps), ("batch", batch), ("lr", lr)) if v is not None}
+    if stage in ("unet", "clip"):
+        kw["device"] = device
     if stage == "vae":
         from .world.train import train_vae
         train_vae(data, work, **kw)
     elif stage == "unet":
         from .world.train import train_unet
-        train_unet(data, work, **kw)
+        train_unet(data, work, init_from=init_from, stop_at=stop_at, **kw, **({"kind_share": None} if uniform else {}))
     elif stage == "detector":
         from .world.judges import train_detector
         card = train_detector(data, **kw)

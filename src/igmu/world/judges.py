@@ -189,17 +189,18 @@ def train_detector(data: Path, out: Path = JUDGES_DIR / "detector", steps: int =
 
 # ---------------------------------------------------------------- mini CLIP
 
-def make_clip(tokenizer):
+def make_clip(tokenizer, width: int = 128, vision_layers: int = 4, text_layers: int = 3):
     from transformers import CLIPConfig, CLIPModel
 
     from .model import MAX_TOKENS
 
-    text = dict(vocab_size=len(tokenizer), hidden_size=96, intermediate_size=384, num_hidden_layers=2,
-                num_attention_heads=4, max_position_embeddings=MAX_TOKENS, bos_token_id=tokenizer.bos_token_id,
-                eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id)
-    vision = dict(hidden_size=96, intermediate_size=384, num_hidden_layers=3, num_attention_heads=4,
-                  image_size=32, patch_size=4, num_channels=3)
-    cfg = CLIPConfig(text_config=text, vision_config=vision, projection_dim=96)
+    text = dict(vocab_size=len(tokenizer), hidden_size=width, intermediate_size=4 * width,
+                num_hidden_layers=text_layers, num_attention_heads=4, max_position_embeddings=MAX_TOKENS,
+                bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id,
+                pad_token_id=tokenizer.pad_token_id)
+    vision = dict(hidden_size=width, intermediate_size=4 * width, num_hidden_layers=vision_layers,
+                  num_attention_heads=4, image_size=32, patch_size=4, num_channels=3)
+    cfg = CLIPConfig(text_config=text, vision_config=vision, projection_dim=width)
     return CLIPModel(cfg)
 
 
@@ -249,8 +250,9 @@ def caption_retrieval_accuracy(clip: MiniCLIP, imgs: np.ndarray, captions: list[
     return float(np.mean([cands[p] == c for p, c in zip(pick, captions)])), len(cands)
 
 
-def train_clip(data: Path, out: Path = JUDGES_DIR / "clip", steps: int = 1500, batch: int = 128, lr: float = 1e-3,
-               seed: int = 0, log=print) -> dict:
+def train_clip(data: Path, out: Path = JUDGES_DIR / "clip", steps: int = 3000, batch: int = 512, lr: float = 1e-3,
+               seed: int = 0, log=print, device: str = "cpu", width: int = 128, vision_layers: int = 4,
+               text_layers: int = 3) -> dict:
     from ..models.tokenizer import load_world_tokenizer
     from .captions import canonical, caption
     from .data import load_split
@@ -262,8 +264,11 @@ def train_clip(data: Path, out: Path = JUDGES_DIR / "clip", steps: int = 1500, b
     imgs, recs = load_split(data, "train")
     timgs, trecs = load_split(data, "test")
     scenes = [Scene.from_dict(r["scene"]) for r in recs]
+    from .train import pick_device
+
+    dev = pick_device(device)
     x_all = to_input(imgs)
-    model = make_clip(tok)
+    model = make_clip(tok, width, vision_layers, text_layers).to(dev)
     opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=0.05)
     sched = torch.optim.lr_scheduler.OneCycleLR(opt, lr, total_steps=steps, pct_start=0.1)
     g = torch.Generator().manual_seed(seed)
@@ -275,19 +280,23 @@ def train_clip(data: Path, out: Path = JUDGES_DIR / "clip", steps: int = 1500, b
         caps = [canonical(s) if rng.random() < 0.5 else caption(s, rng) for s in sc]
         ids = tok(caps, padding="max_length", truncation=True, max_length=tok.model_max_length, return_tensors="pt")
         x = x_all[idx] + 0.04 * torch.randn(x_all[idx].shape, generator=g)
-        res = model(input_ids=ids.input_ids, attention_mask=ids.attention_mask, pixel_values=x)
+        res = model(input_ids=ids.input_ids.to(dev), attention_mask=ids.attention_mask.to(dev),
+                    pixel_values=x.to(dev))
         # targets: all pairs whose canonical captions agree are positives (soft multi-positive InfoNCE)
-        canon = [canonical(s) for s in sc]
-        same = torch.tensor([[a == b for b in canon] for a in canon], dtype=torch.float32)
+        _, canon = np.unique([canonical(s) for s in sc], return_inverse=True)
+        canon = torch.from_numpy(canon)
+        same = (canon[:, None] == canon[None, :]).float().to(dev)
         tgt = same / same.sum(1, keepdim=True)
         li = res.logits_per_image
         loss = (-(tgt * F.log_softmax(li, 1)).sum(1).mean() - (tgt * F.log_softmax(li.T, 1)).sum(1).mean()) / 2
         _update(opt, sched, loss, step, steps, t0, "clip", log)
-    model.eval()
+    train_seconds = round(time.time() - t0, 1)
+    model = model.cpu().eval()
     clip = MiniCLIP(model, tok, {})
     acc, ncand = caption_retrieval_accuracy(clip, timgs, [r["caption"] for r in trecs])
-    card = {"name": "mini-clip", "version": "1", "caption_top1": acc, "candidates": ncand,
-            "test_images": len(trecs), "train_steps": steps, "train_seconds": round(time.time() - t0, 1),
+    card = {"name": "mini-clip", "version": "2", "caption_top1": acc, "candidates": ncand,
+            "test_images": len(trecs), "train_steps": steps, "batch": batch, "lr": lr,
+            "train_seconds": train_seconds, "train_device": str(dev),
             "accuracy_definition": "top-1 pick of the image's canonical caption among all distinct canonical "
                                    "captions of the test split",
             "score": "CLIP score = 100 * max(cos(image, text), 0)"}
