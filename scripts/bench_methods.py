@@ -18,7 +18,10 @@ from pathlib import Path
 os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
 os.environ.setdefault("DIFFUSERS_VERBOSITY", "error")
 
-RUNS = [("uce", []), ("esd", ["train_method=xattn"]), ("esd", ["train_method=noxattn"])]
+# (label, method, --set overrides): every method at its documented defaults
+RUNS = [("uce", "uce", []), ("esd-x", "esd", ["train_method=xattn"]), ("esd-u", "esd", ["train_method=noxattn"]),
+        ("fmn", "fmn", []), ("conceptprune", "conceptprune", []), ("spm", "spm", []), ("mace", "mace", []),
+        ("negprompt", "negprompt", []), ("sld", "sld", [])]
 
 
 def main():
@@ -32,17 +35,16 @@ def main():
     from igmu.world.judges import Detector
 
     ap = argparse.ArgumentParser()
-    ap.add_argument("--n", type=int, default=24, help="forget and retain prompts per target")
+    ap.add_argument("--n", type=int, default=48, help="forget and retain prompts per target")
     ap.add_argument("--out", default="out/bench/methods.json")
-    ap.add_argument("--methods", default="", help="comma-separated subset of uce,esd,esd-u")
+    ap.add_argument("--methods", default="", help="comma-separated subset of: " + ",".join(r[0] for r in RUNS))
     a = ap.parse_args()
     det, s = Detector.load(), GenSettings()
     work = Path("out/bench/artifacts")
     base = load_pipeline("mini")
     rows = []
     before = {k: measure(base, det, k, s, a.n) for k in TARGETS}
-    for method, sets in RUNS:
-        label = "esd-u" if "train_method=noxattn" in sets else ("esd-x" if method == "esd" else method)
+    for label, method, sets in RUNS:
         if a.methods and label not in a.methods.split(","):
             continue
         for kind, target in TARGETS.items():
@@ -53,20 +55,29 @@ def main():
             after = measure(load_pipeline(str(art)), det, kind, s, a.n)
             rows.append({"method": label, "kind": kind, "target": target, "before": before[kind], "after": after,
                          "cost": cost})
-            print(f"{label:6s} {kind:7s} forget {before[kind]['forget_target_shown']:.2f} -> "
+            print(f"{label:12s} {kind:7s} forget {before[kind]['forget_target_shown']:.2f} -> "
                   f"{after['forget_target_shown']:.2f}  retain {before[kind]['retain_as_asked']:.2f} -> "
                   f"{after['retain_as_asked']:.2f}  {cost['erase_seconds']:.1f}s", flush=True)
     Path(a.out).parent.mkdir(parents=True, exist_ok=True)
+    if a.methods and Path(a.out).is_file():  # a subset run updates its rows in the existing table
+        keep = [r for r in json.loads(Path(a.out).read_text()) if r["method"] not in a.methods.split(",")]
+        rows = keep + rows
     Path(a.out).write_text(json.dumps(rows, indent=1))
+    from igmu.world.fidelity import wilson
+
+    def pct(x, n):
+        lo, hi = wilson(round(x * n), n)
+        return f"{x:.0%} ({lo:.0%}-{hi:.0%})"
     print("\n| method | target | forget: target shown (before -> after) | retain: as asked (before -> after) | "
           "erase s | peak RSS MB | params changed |\n|---|---|---|---|---|---|---|")
     for r in rows:
         extra = (f", figure kept {r['after']['forget_carrier_kept']:.0%}" if "forget_carrier_kept" in r["after"] else "")
+        nf, nr = r["after"]["n_forget"], r["after"]["n_retain"]
         print(f"| {r['method']} | {r['kind']}: {r['target']} | {r['before']['forget_target_shown']:.0%} -> "
-              f"{r['after']['forget_target_shown']:.0%}{extra} | {r['before']['retain_as_asked']:.0%} -> "
-              f"{r['after']['retain_as_asked']:.0%} | {r['cost']['erase_seconds']:.1f} | "
+              f"{pct(r['after']['forget_target_shown'], nf)}{extra} | {r['before']['retain_as_asked']:.0%} -> "
+              f"{pct(r['after']['retain_as_asked'], nr)} | {r['cost']['erase_seconds']:.1f} | "
               f"{r['cost']['peak_rss_mb']:.0f} | {r['cost']['params_changed']:,} |")
-    print(f"(n = {a.n} forget and {a.n} retain images per cell)")
+    print(f"(n = {a.n} forget and {a.n} retain images per cell; 95% Wilson intervals in brackets)")
     return 0
 
 

@@ -11,7 +11,7 @@ warnings.filterwarnings("ignore")
 import pytest  # noqa: E402
 import torch  # noqa: E402
 
-torch.set_num_threads(2)
+torch.set_num_threads(int(os.environ.get("OMP_NUM_THREADS", "2")))  # CI: 2 cores
 
 
 @pytest.fixture(scope="session")
@@ -29,4 +29,23 @@ def tiny_sd2(tmp_path_factory):
 
     path = tmp_path_factory.mktemp("tiny") / "sd2"
     make_tiny_pipeline("sd2").save_pretrained(str(path))
+    return path
+
+
+@pytest.fixture(scope="session")
+def plain_unet_model(tmp_path_factory):
+    """A tiny SD1-style pipeline whose UNet has no transformer blocks (no cross-attention, no FFN):
+    the model that attention-editing methods must refuse with one clear line."""
+    from diffusers import UNet2DConditionModel
+
+    from igmu.models.tiny import make_tiny_pipeline
+
+    pipe = make_tiny_pipeline("sd1")
+    pipe.unet = UNet2DConditionModel(sample_size=8, in_channels=4, out_channels=4, layers_per_block=1,
+                                     block_out_channels=(16, 32), down_block_types=("DownBlock2D",) * 2,
+                                     up_block_types=("UpBlock2D",) * 2, mid_block_type=None, norm_num_groups=8,
+                                     cross_attention_dim=32)
+    pipe.register_modules(unet=pipe.unet)
+    path = tmp_path_factory.mktemp("plain") / "sd1-plain"
+    pipe.save_pretrained(str(path))
     return path

@@ -55,7 +55,8 @@ def _progress(desc: str):
         task = p.add_task(desc, total=total)
 
         def advance(k: int = 1, **info):
-            p.update(task, advance=k, description=desc + "".join(f" {a}={b:.4g}" for a, b in info.items()))
+            p.update(task, advance=k, description=desc + "".join(
+                f" {a}={b:.4g}" if isinstance(b, (int, float)) else f" {a}={b}" for a, b in info.items()))
             if p.tasks[0].completed >= total:
                 p.stop()
         return advance

@@ -1,3 +1,12 @@
 """Unlearning methods: one file per algorithm, registered by name (see base.py)."""
 from .base import REGISTRY, EraseRequest, Eraser, MethodConfig, get_method, register  # noqa: F401
-from . import esd, uce  # noqa: F401  (registers)
+
+# one import per method module (each registers itself)
+from . import esd  # noqa: F401,E402
+from . import uce  # noqa: F401,E402
+from . import mace  # noqa: F401,E402
+from . import fmn  # noqa: F401,E402
+from . import conceptprune  # noqa: F401,E402
+from . import negprompt  # noqa: F401,E402
+from . import sld  # noqa: F401,E402
+from . import spm  # noqa: F401,E402

@@ -5,6 +5,14 @@
 
 `load_pipeline(ARTIFACT)` loads the base model and applies the tensors;
 `export_merged` writes a plain diffusers pipeline folder.
+
+Inference-time methods (Eraser.kind == "sampling": negprompt, sld) change no
+weights: their weights.safetensors is empty and the manifest holds a
+"sampling" spec, e.g. {"type": "negative_prompt", "negative_prompt": "circle"};
+`load_pipeline` attaches it to the pipeline (`pipe.igmu_sampling`) and
+`generate_images` samples with it. Such manifests have version 2, so that an
+igmu which reads only version 1 refuses them rather than silently sampling
+without the change; they cannot be exported as merged weights.
 """
 from __future__ import annotations
 
@@ -20,7 +28,9 @@ from ..errors import UserError
 from ..utils.io import atomic_dir
 
 FORMAT = "igmu-artifact"
-VERSION = 1
+VERSION = 1  # artifacts of changed weights
+SAMPLING_VERSION = 2  # artifacts with a "sampling" spec (inference-time methods)
+READS_UP_TO = 2
 
 
 def is_artifact(path) -> bool:
@@ -93,8 +103,13 @@ def run_erase(model: str, method_name: str, targets: list[str], anchor: str | No
     pipe = load_pipeline(model)
     req = EraseRequest(targets=targets, anchor=anchor, preserve=[p.strip() for p in preserve or []])
     method.check(pipe, req, cfg)
+    sampling = None
     t0 = time.perf_counter()
-    changed = method.erase(pipe, req, cfg)
+    if method.kind == "sampling":
+        sampling = method.sampling(req, cfg)
+        changed = {}
+    else:
+        changed = method.erase(pipe, req, cfg)
     secs = time.perf_counter() - t0
     peak_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     n_tensor = sum(v.numel() for v in changed.values())
@@ -103,13 +118,20 @@ def run_erase(model: str, method_name: str, targets: list[str], anchor: str | No
         orig = _original(where, k)
         n_diff += int((orig.to(v.dtype) != v).sum()) if orig is not None and orig.shape == v.shape else v.numel()
     manifest = {
-        "format": FORMAT, "version": VERSION, "base_model": model, "base_model_resolved": where,
+        "format": FORMAT, "version": VERSION if sampling is None else SAMPLING_VERSION,
+        "base_model": model, "base_model_resolved": where,
         "base_model_hash": model_hash(where), "method": method.name, "config": cfg.model_dump(),
         "targets": targets, "anchor": anchor, "preserve": req.preserve, "versions": _versions(),
         "cost": {"erase_seconds": round(secs, 3), "peak_rss_mb": round(peak_mb, 1),
                  "params_in_changed_tensors": n_tensor, "params_changed": n_diff},
         "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
     }
+    if sampling is not None:
+        from ..generate import check_sampling
+
+        check_sampling(sampling)
+        manifest["sampling"] = json.loads(json.dumps(sampling))  # JSON-able by contract; stored as read back
+        manifest["cost"]["unet_passes_per_step"] = method.unet_passes_per_step  # plain CFG: 2
     from safetensors.torch import save_file
 
     with atomic_dir(out) as tmp:
@@ -125,8 +147,8 @@ def load_artifact(path) -> tuple[dict, dict]:
     if not is_artifact(p):
         raise UserError(f"{path} is not an igmu artifact (no manifest.json of format {FORMAT})")
     manifest = json.loads((p / "manifest.json").read_text())
-    if manifest.get("version", 0) > VERSION:
-        raise UserError(f"artifact {path} has version {manifest['version']}; this igmu reads up to {VERSION}")
+    if manifest.get("version", 0) > READS_UP_TO:
+        raise UserError(f"artifact {path} has version {manifest['version']}; this igmu reads up to {READS_UP_TO}")
     return manifest, load_file(str(p / "weights.safetensors"))
 
 
@@ -147,6 +169,10 @@ def export_merged(artifact: Path, out: Path, base: str | None = None) -> Path:
     from ..models.load import load_pipeline
 
     manifest, _ = load_artifact(artifact)
+    if manifest.get("sampling"):
+        raise UserError(f"{artifact} is an inference-time artifact ({manifest['method']}): it changes how the pipeline "
+                        f"samples, not its weights, so it cannot be merged into a pipeline folder; "
+                        f"sample with it directly: igmu generate --model {artifact}")
     pipe = load_pipeline(str(artifact)) if base is None else _apply_to(base, artifact)
     with atomic_dir(out) as tmp:
         pipe.save_pretrained(str(tmp), safe_serialization=True)

@@ -1,8 +1,15 @@
 """The Eraser interface and registry.
 
-An eraser takes a pipeline and an `EraseRequest` and returns the tensors it
-changed, keyed `<component>.<parameter name>` (e.g. `unet.down_blocks.0...to_v.weight`).
-Artifacts (artifact.py) store exactly those tensors plus a manifest.
+Two kinds of eraser:
+
+- kind "weights" (the default): `erase(pipe, req, cfg)` returns the tensors it
+  changed, keyed `<component>.<parameter name>` (e.g. `unet.down_blocks.0...to_v.weight`).
+  Artifacts (artifact.py) store exactly those tensors plus a manifest.
+- kind "sampling" (inference-time baselines such as a negative prompt or SLD):
+  the weights stay as they are; `sampling(req, cfg)` returns a JSON-able spec
+  `{"type": ..., ...}` of how the pipeline must sample. The artifact stores it
+  in its manifest under "sampling"; `load_pipeline` attaches it to the pipeline
+  as `pipe.igmu_sampling` and `generate.generate_images` honours it.
 """
 from __future__ import annotations
 
@@ -33,6 +40,8 @@ class Eraser:
     changes: ClassVar[str]  # which parts of the model it changes
     source: ClassVar[str]  # paper and official code
     multi_concept: ClassVar[bool] = False
+    kind: ClassVar[str] = "weights"  # "weights": erase() gives changed tensors; "sampling": sampling() gives a spec
+    unet_passes_per_step: ClassVar[int] = 2  # sampling kind: UNet batch per step (plain CFG: 2), an inference cost
     Config: ClassVar[type[MethodConfig]] = MethodConfig
 
     progress_factory = None  # set by the runner: total -> advance(k, **info)
@@ -46,6 +55,11 @@ class Eraser:
         """Raise UserError when this method cannot edit this model or request."""
 
     def erase(self, pipe, req: EraseRequest, cfg) -> dict:
+        """kind "weights": the changed tensors, keyed "<component>.<parameter>"."""
+        raise NotImplementedError
+
+    def sampling(self, req: EraseRequest, cfg) -> dict:
+        """kind "sampling": a JSON-able spec {"type": <a type generate.SAMPLING_TYPES knows>, ...}."""
         raise NotImplementedError
 
 
@@ -81,7 +95,10 @@ def parse_config(method: Eraser, config_file: str | None = None, sets: list[str]
         if "=" not in s:
             raise UserError(f"--set takes key=value, got {s!r}")
         k, v = s.split("=", 1)
-        values[k.strip()] = yaml.safe_load(v)
+        try:
+            values[k.strip()] = yaml.safe_load(v)
+        except yaml.YAMLError:  # not a YAML scalar (e.g. "{} and {}"): take it as a plain string
+            values[k.strip()] = v
     fields = method.Config.model_fields
     unknown = [k for k in values if k not in fields]
     if unknown:

@@ -41,6 +41,8 @@ def load_pipeline(spec: str, device: str = "cpu", dtype=None):
     """A diffusers DiffusionPipeline for text-to-image, with the progress bar off and no safety checker.
 
     `spec` may also be an igmu artifact folder: its base model is loaded and the artifact applied.
+    An inference-time artifact (manifest "sampling") changes no weights: its sampling spec is attached
+    as `pipe.igmu_sampling`, which `generate.generate_images` honours (plain `pipe(...)` calls do not).
     """
     from diffusers import DiffusionPipeline
     from diffusers.utils import logging as diffusers_logging
@@ -55,6 +57,11 @@ def load_pipeline(spec: str, device: str = "cpu", dtype=None):
         manifest, tensors = load_artifact(spec)
         pipe = load_pipeline(manifest["base_model"], device, dtype)
         apply_tensors(pipe, tensors)
+        if manifest.get("sampling"):
+            from ..generate import check_sampling
+
+            check_sampling(manifest["sampling"])
+            pipe.igmu_sampling = manifest["sampling"]
         return pipe
 
     where = resolve_model(spec)
