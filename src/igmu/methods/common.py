@@ -2,6 +2,8 @@
 and the closed-form least-squares edit of projection matrices (UCE, and later MACE, RECE)."""
 from __future__ import annotations
 
+import inspect
+
 import torch
 
 from ..errors import UserError
@@ -83,23 +85,50 @@ def cfg_noise(unet, x, t, cond, uncond, guidance: float) -> torch.Tensor:
 
 
 @torch.no_grad()
+def sample_latents(pipe, unet, cond, uncond, steps: int, guidance: float, generator=None, noise=None,
+                   stop: int | None = None, on_step=None):
+    """Classifier-free-guided sampling with a fresh copy of the pipeline's own scheduler.
+
+    Starts from `noise` if given, else from noise drawn with `generator`; runs the first `stop`
+    of `steps` steps (all when None), calling `on_step(k, t)` before each model call (e.g. to
+    label recorded activations). Returns (latents, scheduler). The one sampling loop that
+    ESD, SPM, FMN, MACE and ConceptPrune use to draw latents of a concept.
+    """
+    sched = type(pipe.scheduler).from_config(pipe.scheduler.config)
+    sched.set_timesteps(steps)
+    if noise is None:
+        size = unet.config.sample_size
+        size = tuple(size) if isinstance(size, (list, tuple)) else (size, size)
+        noise = torch.randn((cond.shape[0], unet.config.in_channels, *size), generator=generator)
+    x = noise.to(cond.device, cond.dtype) * sched.init_noise_sigma
+    extra = {"generator": generator} if generator is not None and "generator" in inspect.signature(
+        sched.step).parameters else {}
+    for k, t in enumerate(sched.timesteps[:stop]):
+        if on_step is not None:
+            on_step(k, t)
+        eps = cfg_noise(unet, sched.scale_model_input(x, t), t, cond, uncond, guidance)
+        x = sched.step(eps, t, x, **extra).prev_sample
+    return x, sched
+
+
 def sample_until(pipe, unet, cond, uncond, steps: int, stop: int, guidance: float, generator) -> tuple:
     """Run the pipeline's sampler for `stop` of `steps` steps from seeded noise.
 
     Returns (x_t, t): the partially denoised latents and the timestep they sit at.
     This is how ESD and its descendants draw training latents of the concept.
     """
-    sched = type(pipe.scheduler).from_config(pipe.scheduler.config)
-    sched.set_timesteps(steps)
-    c = unet.config.in_channels
-    size = unet.config.sample_size
-    x = torch.randn((cond.shape[0], c, size, size), generator=generator).to(cond.device, cond.dtype)
-    x = x * sched.init_noise_sigma
-    for t in sched.timesteps[:stop]:
-        xin = sched.scale_model_input(x, t)
-        x = sched.step(cfg_noise(unet, xin, t, cond, uncond, guidance), t, x).prev_sample
+    x, sched = sample_latents(pipe, unet, cond, uncond, steps, guidance, generator, stop=stop)
     t = sched.timesteps[stop]
     return sched.scale_model_input(x, t), t
+
+
+def token_positions(ids: list[int], sub: list[int]) -> list[int]:
+    """Positions in `ids` covered by every occurrence of the token sequence `sub`."""
+    out = []
+    for i in range(len(ids) - len(sub) + 1):
+        if sub and ids[i:i + len(sub)] == sub:
+            out += range(i, i + len(sub))
+    return out
 
 
 class _RecordingAttnProcessor:

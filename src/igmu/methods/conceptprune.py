@@ -76,7 +76,7 @@ from pydantic import Field
 
 from ..errors import UserError
 from .base import EraseRequest, Eraser, MethodConfig, register
-from .common import cfg_noise, check_prompt, encode
+from .common import check_prompt, encode, sample_latents
 
 
 class ConceptPruneConfig(MethodConfig):
@@ -138,19 +138,16 @@ def _observe(pipe, layers, conds, uncond, noise, cfg, advance) -> _ActivationNor
     """Run the first tau sampler steps for each prompt (rows of conds) from its noise, recording FFN-2 inputs."""
     unet = pipe.unet
     rec = _ActivationNorms(layers)
+
+    def on_step(k, _t):  # label the activations recorded during step k
+        rec.step = k
+        advance(1)
+
     with rec:
         for start in range(0, conds.shape[0], 4):
             cond = conds[start:start + 4]
-            sched = type(pipe.scheduler).from_config(pipe.scheduler.config)
-            sched.set_timesteps(cfg.sample_steps)
-            x = noise[start:start + 4].to(cond.device, cond.dtype) * sched.init_noise_sigma
-            for k, t in enumerate(sched.timesteps[:cfg.timesteps]):
-                rec.step = k
-                eps = cfg_noise(unet, sched.scale_model_input(x, t), t, cond, uncond.expand(len(cond), -1, -1),
-                                cfg.guidance_scale)
-                if k + 1 < cfg.timesteps:
-                    x = sched.step(eps, t, x).prev_sample
-                advance(1)
+            sample_latents(pipe, unet, cond, uncond.expand(len(cond), -1, -1), cfg.sample_steps, cfg.guidance_scale,
+                           noise=noise[start:start + 4], stop=cfg.timesteps, on_step=on_step)
     return rec
 
 

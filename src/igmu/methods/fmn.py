@@ -75,7 +75,6 @@ known weakness at preservation, not a tuning gap to hide.
 """
 from __future__ import annotations
 
-import inspect
 import re
 from typing import Literal
 
@@ -84,7 +83,7 @@ from pydantic import Field, field_validator
 
 from ..errors import UserError
 from .base import EraseRequest, Eraser, MethodConfig, register
-from .common import cfg_noise, check_prompt, cross_attentions, encode, record_cross_attention
+from .common import check_prompt, cross_attentions, encode, record_cross_attention, sample_latents, token_positions
 
 
 class FMNConfig(MethodConfig):
@@ -113,31 +112,13 @@ def concept_positions(tokenizer, prompt: str, concept: str, use_pooler: bool) ->
     plus the first <|endoftext|> when use_pooler (see the module docstring)."""
     L = tokenizer.model_max_length
     ids = tokenizer(prompt, padding="max_length", max_length=L, truncation=True).input_ids
-    cid = tokenizer(concept, add_special_tokens=False).input_ids
     mask = torch.zeros(L, dtype=torch.bool)
-    for i in range(len(ids) - len(cid) + 1):
-        if cid and ids[i:i + len(cid)] == cid:
-            mask[i:i + len(cid)] = True
+    mask[token_positions(ids, tokenizer(concept, add_special_tokens=False).input_ids)] = True
     if not mask.any():
         raise UserError(f"the tokens of {concept!r} do not appear in the FMN prompt {prompt!r}; check --set template")
     if use_pooler and tokenizer.eos_token_id in ids:
         mask[ids.index(tokenizer.eos_token_id)] = True
     return mask
-
-
-@torch.no_grad()
-def _generate_latents(pipe, unet, cond, uncond, steps: int, guidance: float, generator) -> torch.Tensor:
-    """Sample x_0 latents with the pipeline's own scheduler and classifier-free guidance."""
-    sched = type(pipe.scheduler).from_config(pipe.scheduler.config)
-    sched.set_timesteps(steps)
-    takes_gen = "generator" in inspect.signature(sched.step).parameters
-    size = unet.config.sample_size
-    x = torch.randn((cond.shape[0], unet.config.in_channels, size, size), generator=generator)
-    x = x.to(cond.device, cond.dtype) * sched.init_noise_sigma
-    for t in sched.timesteps:
-        eps = cfg_noise(unet, sched.scale_model_input(x, t), t, cond, uncond, guidance)
-        x = sched.step(eps, t, x, **({"generator": generator} if takes_gen else {})).prev_sample
-    return x
 
 
 @register
@@ -178,7 +159,7 @@ class FMN(Eraser):
         for i in range(len(prompts)):
             for start in range(0, cfg.n_images, 4):
                 n = min(4, cfg.n_images - start)
-                lat = _generate_latents(pipe, unet, conds[i:i + 1].expand(n, -1, -1), null.expand(n, -1, -1),
+                lat, _ = sample_latents(pipe, unet, conds[i:i + 1].expand(n, -1, -1), null.expand(n, -1, -1),
                                         cfg.sample_steps, cfg.guidance_scale, gen)
                 data += [(i, lat[j:j + 1]) for j in range(n)]
                 advance(1)

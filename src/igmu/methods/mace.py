@@ -112,7 +112,8 @@ from pydantic import Field
 
 from ..errors import UserError
 from .base import EraseRequest, Eraser, MethodConfig, register
-from .common import check_prompt, closed_form_edit, cross_attentions, encode, record_cross_attention
+from .common import (check_prompt, closed_form_edit, cross_attentions, encode, record_cross_attention, sample_latents,
+                     token_positions)
 
 # igmu's own prompt templates (the official code has a fixed list of 30+ per type, or GPT captions)
 OBJECT_TEMPLATES = [
@@ -188,15 +189,6 @@ def _grid(q: int, size: tuple[int, int]) -> tuple[int, int]:
     raise ValueError(f"cannot lay out {q} attention pixels on a {size} latent")
 
 
-def _find(seq: list[int], sub: list[int]) -> list[int]:
-    """Positions of every occurrence of `sub` in `seq`."""
-    out = []
-    for i in range(len(seq) - len(sub) + 1):
-        if sub and seq[i:i + len(sub)] == sub:
-            out += range(i, i + len(sub))
-    return out
-
-
 def _importance(n: int) -> np.ndarray:
     """Concept-focal importance sampling over timesteps (official cfr_utils.importance_sampling_fn)."""
     t = np.arange(n, dtype=np.float64)
@@ -224,7 +216,7 @@ class MACE(Eraser):
             check_prompt(pipe, req.anchor, "anchor")
         tok = pipe.tokenizer
         for t in req.targets:
-            if not (_find(_ids(tok, TRAIN_PROMPT[cfg.concept_type].format(t), tok.model_max_length),
+            if not (token_positions(_ids(tok, TRAIN_PROMPT[cfg.concept_type].format(t), tok.model_max_length),
                           tok(t, add_special_tokens=False).input_ids)
                     and self._target_positions(tok, self._prompts(t, cfg), t, False)):
                 raise UserError(f"target {t!r} is too long for MACE's prompts on this model "
@@ -247,7 +239,7 @@ class MACE(Eraser):
         out = []
         for j, pt in enumerate(prompts):
             ids = _ids(tok, pt, L)
-            pos = set(_find(ids, concept_ids))
+            pos = set(token_positions(ids, concept_ids))
             if not pos:
                 continue
             if use_pooler:  # every end-of-text token (SD 1.x and the mini tokenizer also pad with it)
@@ -266,15 +258,12 @@ class MACE(Eraser):
         dev, dtype = unet.device, unet.dtype
         n, L = cfg.n_images, tok.model_max_length
         prompt = TRAIN_PROMPT[cfg.concept_type].format(concept)
-        words = _find(_ids(tok, prompt, L), tok(concept, add_special_tokens=False).input_ids)
+        words = token_positions(_ids(tok, prompt, L), tok(concept, add_special_tokens=False).input_ids)
         embs, _ = encode(pipe, [prompt, ""])
         cond = embs[:1].expand(n, -1, -1).to(dev, dtype)
         uncond = embs[1:].expand(n, -1, -1).to(dev, dtype)
-        sched = type(pipe.scheduler).from_config(pipe.scheduler.config)
-        sched.set_timesteps(cfg.sample_steps)
         size = unet.config.sample_size
         size = tuple(size) if isinstance(size, (list, tuple)) else (size, size)
-        x = torch.randn((n, unet.config.in_channels, *size), generator=gen).to(dev, dtype) * sched.init_noise_sigma
         heat = torch.zeros((n, 1, *size), dtype=torch.float32, device=dev)
 
         def on_probs(_name, probs):  # probs: 2n x heads x q x L; the second half is the conditional branch
@@ -283,11 +272,7 @@ class MACE(Eraser):
             heat.add_(F.interpolate(m.reshape(n, 1, h, w), size=size, mode="bilinear", align_corners=False))
 
         with record_cross_attention(unet, on_probs):
-            for t in sched.timesteps:
-                xin = torch.cat([sched.scale_model_input(x, t)] * 2)
-                out = unet(xin, t, encoder_hidden_states=torch.cat([uncond, cond])).sample
-                u, c = out.chunk(2)
-                x = sched.step(u + cfg.guidance_scale * (c - u), t, x).prev_sample
+            x, _ = sample_latents(pipe, unet, cond, uncond, cfg.sample_steps, cfg.guidance_scale, gen)
         if cfg.concept_type == "style" or not cfg.use_mask:
             masks = torch.ones_like(heat, dtype=torch.bool)
         else:

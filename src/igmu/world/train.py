@@ -198,11 +198,19 @@ def train_unet(data: Path, work: Path, steps: int = 6500, batch: int = 64, lr: f
     te = M.make_text_encoder(tok).to(dev)
     unet = M.make_unet().to(dev)
     sched = M.make_train_scheduler()
+    resuming = (work / "unet_state.json").exists()
+    if init_from is not None and not resuming:
+        from diffusers import UNet2DConditionModel
+        from transformers import CLIPTextModel
+
+        unet.load_state_dict(UNet2DConditionModel.from_pretrained(Path(init_from) / "unet").state_dict())
+        te.load_state_dict(CLIPTextModel.from_pretrained(Path(init_from) / "text_encoder").state_dict())
+        _log(f"starting from the weights of {init_from}")
     params = list(unet.parameters()) + list(te.parameters())
     opt = torch.optim.AdamW(params, lr=lr, weight_decay=1e-2)
     ema = EMA(params)
     start, before = 0, 0.0
-    if (work / "unet_state.json").exists():
+    if resuming:
         st = _load_state(work / "unet_ckpt.safetensors")
         unet.load_state_dict({k[5:]: v for k, v in st.items() if k.startswith("unet.")})
         te.load_state_dict({k[3:]: v for k, v in st.items() if k.startswith("te.")})
@@ -212,14 +220,6 @@ def train_unet(data: Path, work: Path, steps: int = 6500, batch: int = 64, lr: f
         state = json.loads((work / "unet_state.json").read_text())
         start, before = state["step"], state["seconds"]
         _log(f"resuming UNet from step {start}")
-    elif init_from is not None:
-        from diffusers import UNet2DConditionModel
-        from transformers import CLIPTextModel
-
-        unet.load_state_dict(UNet2DConditionModel.from_pretrained(Path(init_from) / "unet").state_dict())
-        te.load_state_dict(CLIPTextModel.from_pretrained(Path(init_from) / "text_encoder").state_dict())
-        ema = EMA(params)
-        _log(f"starting from the weights of {init_from}")
     rng = np.random.default_rng(seed + start)
     g = torch.Generator().manual_seed(seed + start)
     alphas = sched.alphas_cumprod
