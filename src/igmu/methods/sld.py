@@ -180,11 +180,9 @@ def sld_combine(o_u, o_p, o_s, nu, step: int, guidance: float, p: SLDParams, k=1
     with k = 1 (epsilon models) nothing is converted. s_g <= 1 counts as 1 (no CFG).
     """
     g = guidance if guidance > 1 else 1.0
-    if isinstance(k, float) and k == 1.0:
-        gamma, nu = safety_guidance(o_u, o_p, o_s, nu, step, p)
-    else:  # the eps-estimates up to a shared offset, which cancels in every difference of eqs. 4-8
-        gamma, nu = safety_guidance(k * o_u, k * o_p, k * o_s, nu, step, p)
-        gamma = gamma / k
+    # k * out: the eps-estimates up to a shared offset, which cancels in every difference of eqs. 4-8
+    gamma, nu = safety_guidance(k * o_u, k * o_p, k * o_s, nu, step, p)
+    gamma = gamma / k
     return o_u + g * ((o_p - o_u) - gamma), nu
 
 
