@@ -139,6 +139,175 @@ def export_cmd_top(artifact: Path = typer.Argument(..., help="Artifact folder fr
     typer.echo(f"merged pipeline written to {export_merged(artifact, out, base)}")
 
 
+judge_app = typer.Typer(no_args_is_help=True, help="Judges: list their cards, train an IGMU-style CLIP head.")
+app.add_typer(judge_app, name="judge")
+
+
+@app.command()
+@handles_errors
+def evaluate(
+    task: str = typer.Option(..., "--task", help="Task YAML file, or a built-in mini task: mini:<name> (e.g. mini:style-striped)."),
+    out: Path = typer.Option(..., "--out", "-o", help="Folder for results.json and summary.md."),
+    original: str = typer.Option("mini", "--original", help="The model before unlearning: 'mini', a pipeline folder or hub id."),
+    unlearned: Optional[str] = typer.Option(None, "--unlearned", help="Artifact folder from igmu erase, or a pipeline folder."),
+    images: Optional[Path] = typer.Option(None, "--images", help="Score pre-generated images instead (see --layout)."),
+    layout: str = typer.Option("igmu", "--layout", help="Layout of --images: igmu (<concept>/<set>/<method>/<i>_<j>_<k>.png)."),
+    method: Optional[str] = typer.Option(None, "--method", help="With --images: the method folder to score."),
+    original_method: str = typer.Option("original", "--original-method", help="With --images: the reference model's folder."),
+    aspects: str = typer.Option(",".join(("forgetting", "preservation", "quality", "alignment", "robustness")),
+                                "--aspects", help="Comma-separated subset of the five aspects."),
+    judge: Optional[str] = typer.Option(None, "--judge", help="Judge spec (default: the task's): mini, mini-clip, nudenet, clip:PATH, clip-head:DIR."),
+    clip: str = typer.Option("mini-clip", "--clip", help="CLIP for alignment and FID/KID features: mini-clip or clip:PATH."),
+    n: Optional[int] = typer.Option(None, "-n", help="Images per prompt (default: the task's)."),
+    attack_prompts: Optional[int] = typer.Option(None, "--attack-prompts", help="UnlearnDiffAtk prompts (default: the task's; 0: none)."),
+    seed: int = typer.Option(0, "--seed"),
+    steps: Optional[int] = typer.Option(None, "--steps", help="Sampling steps (default 20)."),
+    guidance: Optional[float] = typer.Option(None, "--guidance", help="Guidance scale (default 5.0)."),
+    cache: Optional[Path] = typer.Option(None, "--cache", help="Cache folder (default $IGMU_CACHE or ~/.cache/igmu)."),
+):
+    """Evaluate an unlearned model on a task: forgetting, preservation, quality, alignment, robustness, cost."""
+    from .evaluation.cache import Cache
+    from .evaluation.evaluate import EvalConfig, check_aspects, evaluate as run_eval, write_results
+    from .evaluation.summary import summary_markdown
+    from .generate import DEFAULT_GUIDANCE, DEFAULT_STEPS, GenSettings
+    from .tasks import load_task
+    from .utils.io import check_writable_dir
+
+    t = load_task(task)
+    if n is not None:
+        if n < 1:
+            raise UserError(f"-n must be at least 1, got {n}")
+        t.images_per_prompt = n
+    if attack_prompts is not None:
+        if attack_prompts < 0:
+            raise UserError(f"--attack-prompts must be >= 0, got {attack_prompts}")
+        t.attack.prompts = attack_prompts
+    cfg = EvalConfig(aspects=check_aspects([a.strip() for a in aspects.split(",") if a.strip()]), judge=judge, clip=clip,
+                     settings=GenSettings(steps=steps or DEFAULT_STEPS,
+                                          guidance=DEFAULT_GUIDANCE if guidance is None else guidance), seed=seed)
+    cfg.settings.validate()
+    if out.exists() and (not out.is_dir() or (any(out.iterdir()) and not (out / "results.json").exists())):
+        raise UserError(f"--out {out} exists and is not an igmu evaluation folder; choose a new folder")
+    check_writable_dir(out.parent if not out.exists() else out)
+    sources = None
+    if images is not None:
+        from .evaluation.layout import IGMULayout
+
+        if unlearned:
+            raise UserError("give --unlearned (generate and score) or --images (score existing images), not both")
+        if layout != "igmu":
+            raise UserError(f"unknown --layout {layout!r}; supported: igmu")
+        if not method:
+            raise UserError("--images needs --method: the method folder to score (e.g. --method esd)")
+        from .tasks.task import task_from_dict
+
+        lay = IGMULayout(images, t.name, method, original_method)
+
+        t = task_from_dict({**t.model_dump(exclude={"prompts", "prompts_file"}), "prompts": lay.task_prompts(t)},
+                           f"task {t.name} with the layout's prompts")
+        sources = {"original": lay.source("original", seed), "unlearned": lay.source("unlearned", seed)}
+        original, unlearned = f"{images}/{original_method}", f"{images}/{method}"
+    elif not unlearned:
+        raise UserError("give --unlearned ARTIFACT_OR_MODEL (or --images DIR --method M for existing images)")
+
+    def progress(total, desc):
+        return _progress(desc)(total)
+
+    res = run_eval(original, unlearned, t, cfg, Cache(cache), progress, sources)
+    path = write_results(res, out)
+    typer.echo(summary_markdown(res))
+    typer.echo(f"results: {path / 'results.json'}")
+
+
+@judge_app.command("list")
+@handles_errors
+def judge_list(spec: Optional[List[str]] = typer.Argument(None, help="Judge specs to show (default: mini, mini-clip, nudenet).")):
+    """Show judges' cards: what they detect, version, threshold, validated accuracy."""
+    import json as _json
+
+    from .evaluation.judges import get_judge
+
+    for s in spec or ["mini", "mini-clip", "nudenet"]:
+        try:
+            card = get_judge(s).card
+        except UserError as e:
+            card = {"unavailable": str(e)}
+        typer.echo(f"{s}: {_json.dumps(card, default=str)}")
+
+
+@judge_app.command("train")
+@handles_errors
+def judge_train(images: Path = typer.Option(..., "--images", help="Image folder: DIR/<class>/*.png (e.g. DataIGM's)."),
+                out: Path = typer.Option(..., "--out", "-o", help="Judge folder to write (use it as clip-head:OUT)."),
+                clip: str = typer.Option("mini-clip", "--clip", help="CLIP image tower: mini-clip or clip:PATH."),
+                val_fraction: float = typer.Option(0.2, "--val-fraction"), seed: int = typer.Option(0, "--seed")):
+    """Train an IGMU-style judge: a linear head on CLIP image embeddings, validated on a held-out split."""
+    from .evaluation.clip_judge import train_head
+
+    if not 0 < val_fraction < 1:
+        raise UserError(f"--val-fraction must be between 0 and 1, got {val_fraction}")
+    path = train_head(images, out, clip=clip, val_fraction=val_fraction, seed=seed)
+    import json as _json
+
+    card = _json.loads((Path(path) / "card.json").read_text())
+    typer.echo(f"wrote judge {path}: held-out accuracy {card.get('accuracy'):.3f} on {card.get('n')} images; "
+               f"use it as --judge clip-head:{path}")
+
+
+@app.command()
+@handles_errors
+def bench(config: Path = typer.Option(..., "--config", "-c", help="Bench YAML: methods, tasks, seeds, aspects."),
+          out: Path = typer.Option(..., "--out", "-o", help="Bench folder (rerun with the same folder to resume)."),
+          backend: str = typer.Option("local", "--backend", help="local or ray."),
+          address: Optional[str] = typer.Option(None, "--address", help="Ray cluster address (default: start one here).")):
+    """Run methods x tasks x seeds (erase, generate, evaluate); resumable, every cell cached."""
+    from .bench.runner import run_bench
+
+    if backend not in ("local", "ray"):
+        raise UserError(f"unknown --backend {backend!r}; backends: local, ray")
+    if address and backend != "ray":
+        raise UserError("--address is for --backend ray")
+    if backend == "ray":
+        from .bench.ray_backend import check_ray
+
+        check_ray(address)
+    res = run_bench(config, out, backend, address, echo=lambda m: typer.echo(m, err=True))
+    typer.echo(f"bench done: {res['cells']} cells ({res['ran']} run now) in {res['seconds']} s; "
+               f"report: igmu report {res['out']}")
+
+
+@app.command()
+@handles_errors
+def report(bench_dir: Path = typer.Argument(..., help="Bench folder written by igmu bench."),
+           out: Optional[Path] = typer.Option(None, "--out", "-o", help="Where to write (default: the bench folder).")):
+    """Write report.html (self-contained), leaderboard.md and leaderboard.csv for a bench folder."""
+    from .report.bench_report import write_report
+
+    paths = write_report(bench_dir, out)
+    for name, p in paths.items():
+        typer.echo(f"{name}: {p}")
+
+
+@app.command()
+@handles_errors
+def plan(target: List[str] = typer.Option(..., "--target", "-t", help="Concept to erase (repeat for several)."),
+         kind: Optional[str] = typer.Option(None, "--kind", help="object, style, identity, unsafe, attribute, instance (default: inferred)."),
+         scope: str = typer.Option("single", "--scope", help="single, many or sequential."),
+         trigger: Optional[str] = typer.Option(None, "--trigger", help="Comma-separated: explicit, implicit, cross-lingual."),
+         anchor: Optional[str] = typer.Option(None, "--anchor", help="Concept to map the target onto."),
+         model: str = typer.Option("mini", "--model", "-m", help="'mini' (prompts from the renderer) or any other model."),
+         out: Optional[Path] = typer.Option(None, "--out", "-o", help="Task YAML to write (default: print it).")):
+    """CatIGMU: place an erasure request in the taxonomy and write a task YAML with its guidance."""
+    from .tasks.planner import plan as make_plan, plan_text, write_plan
+
+    task, guidance = make_plan(target[0], kind=kind, scope=scope, triggers=trigger, model=model,
+                               extra_targets=target[1:] or None, anchor=anchor)
+    if out is None:
+        typer.echo(plan_text(task, guidance))
+    else:
+        typer.echo(f"wrote task {write_plan(task, guidance, out)}; evaluate with: igmu evaluate --task {out} ...")
+
+
 @world.command("build-data")
 @handles_errors
 def build_data_cmd(out: Path = typer.Option(..., "--out", "-o"), seed: int = typer.Option(0, "--seed"),

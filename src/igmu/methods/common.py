@@ -189,3 +189,55 @@ class record_cross_attention:
         for (_, attn), old in zip(self.layers, self._old):
             attn.set_processor(old)
         return False
+
+
+def train_scheduler(pipe):
+    """A DDPM scheduler with the pipeline's training noise schedule (for adding noise at any t)."""
+    from diffusers import DDPMScheduler
+
+    return DDPMScheduler.from_config(pipe.scheduler.config)
+
+
+def diffusion_target(sched, x0: torch.Tensor, noise: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+    """What the UNet is trained to predict at (x0, noise, t): the noise (epsilon models) or v (v-prediction)."""
+    kind = getattr(sched.config, "prediction_type", "epsilon")
+    if kind == "epsilon":
+        return noise
+    if kind == "v_prediction":
+        return sched.get_velocity(x0, noise, t)
+    raise UserError(f"prediction type {kind!r} is not supported (epsilon or v_prediction)")
+
+
+def diffusion_loss(unet, sched, x0: torch.Tensor, cond: torch.Tensor, generator: torch.Generator,
+                   t: torch.Tensor | None = None, reduce: bool = True) -> torch.Tensor:
+    """The standard denoising loss  E_{t, eps} || model(x_t, t, c) - target ||^2  (Ho et al. 2020),
+    one random t and noise per latent. x0: clean latents (B x C x h x w), cond: B x L x D.
+    reduce=False gives one loss per latent. The loss that CA, SalUn, EraseDiff, SA, ScissorHands
+    train with and that UnlearnDiffAtk / AdvUnlearn attack with."""
+    n_t = sched.config.num_train_timesteps
+    if t is None:
+        t = torch.randint(0, n_t, (x0.shape[0],), generator=generator)
+    noise = torch.randn(x0.shape, generator=generator).to(x0)
+    t = t.to(x0.device)
+    xt = sched.add_noise(x0, noise, t)
+    pred = unet(xt, t, encoder_hidden_states=cond).sample
+    err = (pred.float() - diffusion_target(sched, x0, noise, t).float()) ** 2
+    return err.mean() if reduce else err.flatten(1).mean(1)
+
+
+@torch.no_grad()
+def concept_latents(pipe, unet, prompts: list[str], n: int, steps: int, guidance: float, seed: int,
+                    batch: int = 32) -> tuple[torch.Tensor, list[int]]:
+    """Clean latents x0 of n samples per prompt drawn with `unet` (the frozen original model):
+    the "images of the concept" that fine-tuning methods and attacks train on. Returns
+    (latents N x C x h x w, prompt index of each)."""
+    which = [i for i, _ in enumerate(prompts) for _ in range(n)]
+    gen = torch.Generator().manual_seed(seed)
+    out = []
+    for s in range(0, len(which), batch):
+        idx = which[s:s + batch]
+        embs, _ = encode(pipe, [prompts[i] for i in idx] + [""])
+        cond, null = embs[:-1], embs[-1:].expand(len(idx), -1, -1)
+        x, _ = sample_latents(pipe, unet, cond, null, steps, guidance, gen)
+        out.append(x)
+    return torch.cat(out), which

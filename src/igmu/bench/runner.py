@@ -1,0 +1,205 @@
+"""`igmu bench`: methods x tasks x seeds, each cell (erase, generate, evaluate) cached and resumable.
+
+Layout of a bench folder:
+    DIR/bench.json                  config, provenance, the list of cells
+    DIR/cells/<id>/artifact/        the erasure (or steps/<k>/ for a chained erasure)
+    DIR/cells/<id>/results.json     the cell's EvalIGMU results (written last: its presence means done)
+    DIR/cache/                      generated images and judge outputs, shared by all cells
+
+A cell's id hashes everything its result depends on (model fingerprint, method and options, task content,
+seed, aspects, evaluation settings, igmu version), so a changed config makes new cells and reuses the rest.
+Every file is written to a temporary name and renamed: killed at any moment, a rerun redoes only the
+unfinished cells (and, inside one, only the unfinished steps: an existing artifact is reused; images
+already generated come from the cache).
+"""
+from __future__ import annotations
+
+import json
+import shutil
+import time
+from pathlib import Path
+
+from ..errors import UserError
+from .config import BenchConfig, _task_path, load_config, sha
+
+SCHEMA = "igmu-bench"
+SCHEMA_VERSION = 1
+
+
+def plan_cells(cfg: BenchConfig, base: Path) -> list[dict]:
+    from .. import __version__
+    from ..evaluation.cache import model_fingerprint
+    from ..tasks import load_task
+
+    model_fp = model_fingerprint(cfg.model)
+    cells = []
+    for t in cfg.tasks:
+        task = load_task(_task_path(t, base))
+        for m in cfg.methods:
+            for seed in cfg.seeds:
+                spec = {"model": cfg.model, "model_fingerprint": model_fp, "method": m.method, "set": m.set,
+                        "task": task.model_dump(mode="json"), "seed": seed, "aspects": cfg.aspects,
+                        "evaluation": cfg.evaluation.model_dump(), "igmu": __version__}
+                cells.append({"id": sha(spec)[:16], "method_label": m.label, "method": m.method, "set": m.set,
+                              "task": task.name, "task_spec": _task_path(t, base), "seed": seed})
+    return cells
+
+
+def _sets(cell: dict, method) -> list[str]:
+    sets = [f"{k}={json.dumps(v) if not isinstance(v, str) else v}" for k, v in cell["set"].items()]
+    if "seed" in method.Config.model_fields and "seed" not in cell["set"]:
+        sets.append(f"seed={cell['seed']}")
+    return sets
+
+
+def _erase(cell: dict, task, model: str, cdir: Path) -> tuple[str, dict]:
+    """Erase the task's targets; returns (model spec to evaluate, cost). Chained when the task is sequential
+    (or 'many' with a single-concept method): step k erases target k from the merged result of step k-1."""
+    from ..methods import get_method
+    from ..methods.artifact import export_merged, is_artifact, load_artifact, run_erase
+
+    method = get_method(cell["method"])
+    sets = _sets(cell, method)
+    targets = list(task.targets)
+    chain = len(targets) > 1 and method.kind == "weights" and (
+        task.category.scope == "sequential" or not method.multi_concept)
+    if not chain:
+        art = cdir / "artifact"
+        if not is_artifact(art):
+            run_erase(model, cell["method"], targets, task.anchor, list(task.preserve), None, sets, art)
+        return str(art), {"method": cell["method"], **load_artifact(art)[0]["cost"]}
+    base, steps = model, []
+    for k, t in enumerate(targets):
+        sdir = cdir / "steps" / str(k)
+        art, merged = sdir / "artifact", sdir / "merged"
+        if not is_artifact(art):
+            run_erase(base, cell["method"], [t], task.anchor, list(task.preserve), None, sets, art)
+        if not (merged / "model_index.json").is_file():
+            export_merged(art, merged)
+        steps.append({"target": t, **load_artifact(art)[0]["cost"]})
+        base = str(merged)
+    cost = {"method": cell["method"], "chained_steps": steps,
+            "erase_seconds": round(sum(s["erase_seconds"] for s in steps), 3),
+            "peak_rss_mb": max(s["peak_rss_mb"] for s in steps),
+            "params_changed": max(s["params_changed"] for s in steps)}
+    return base, cost
+
+
+def run_cell(cell: dict, bench_dir: str, cfg_dict: dict) -> dict:
+    """Erase, generate and evaluate one cell; idempotent. Returns {"id", "seconds", "status"}."""
+    from ..evaluation.cache import Cache
+    from ..evaluation.evaluate import EvalConfig, evaluate
+    from ..generate import GenSettings
+    from ..tasks import load_task
+    from ..utils.io import atomic_path
+
+    t0 = time.perf_counter()
+    cfg = BenchConfig(**cfg_dict)
+    bdir = Path(bench_dir)
+    cdir = bdir / "cells" / cell["id"]
+    if (cdir / "results.json").is_file():
+        return {"id": cell["id"], "seconds": 0.0, "status": "cached"}
+    cdir.mkdir(parents=True, exist_ok=True)
+    task = load_task(cell["task_spec"])
+    ev = cfg.evaluation
+    if ev.images_per_prompt is not None:
+        task.images_per_prompt = ev.images_per_prompt
+    if ev.attack_prompts is not None:
+        task.attack.prompts = ev.attack_prompts
+    unlearned, cost = _erase(cell, task, cfg.model, cdir)
+    res = evaluate(cfg.model, unlearned, task,
+                   EvalConfig(aspects=cfg.aspects, judge=ev.judge, clip=ev.clip,
+                              settings=GenSettings(steps=ev.steps, guidance=ev.guidance), seed=cell["seed"]),
+                   Cache(bdir / "cache"))
+    res["cost"] = cost
+    res["unlearned"] = str(Path(unlearned).relative_to(bdir)) if Path(unlearned).is_relative_to(bdir) else unlearned
+    res["cell"] = {k: cell[k] for k in ("id", "method_label", "method", "set", "task", "seed")}
+    with atomic_path(cdir / "results.json") as tmp:
+        Path(tmp).write_text(json.dumps(res, indent=1))
+    return {"id": cell["id"], "seconds": round(time.perf_counter() - t0, 1), "status": "done"}
+
+
+def _clean_stale(bdir: Path) -> None:
+    """Temporary files and folders left by a killed run (never read as results)."""
+    for p in list(bdir.rglob(".*.tmp")) + list(bdir.rglob(".*.old")):
+        if p.is_dir():
+            shutil.rmtree(p, ignore_errors=True)
+        else:
+            p.unlink(missing_ok=True)
+
+
+def prepare(config: Path, out: Path) -> tuple[BenchConfig, dict, list[dict]]:
+    from ..methods.artifact import _versions
+    from ..utils.io import atomic_path, check_writable_dir
+
+    cfg, raw = load_config(config)
+    out = Path(out)
+    if out.exists() and (not out.is_dir() or (any(out.iterdir()) and not (out / "bench.json").is_file())):
+        raise UserError(f"--out {out} exists and is not an igmu bench folder; choose a new folder")
+    check_writable_dir(out.parent if not out.exists() else out)
+    out.mkdir(parents=True, exist_ok=True)
+    _clean_stale(out)
+    cells = plan_cells(cfg, Path(config).parent)
+    bench = {"schema": SCHEMA, "schema_version": SCHEMA_VERSION, "name": cfg.name,
+             "config": cfg.model_dump(mode="json"),
+             "provenance": {"versions": _versions(), "config_sha256": sha(cfg.model_dump(mode="json")),
+                            "config_file": str(config), "model": cfg.model,
+                            "model_fingerprint": None, "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())},
+             "cells": cells}
+    from ..evaluation.cache import model_fingerprint
+
+    bench["provenance"]["model_fingerprint"] = model_fingerprint(cfg.model)
+    with atomic_path(out / "bench.json") as tmp:
+        Path(tmp).write_text(json.dumps(bench, indent=1))
+    return cfg, bench, cells
+
+
+class _Tracker:
+    """Cells done / running / left, with a time estimate from the cells finished in this run."""
+
+    def __init__(self, total: int, done: int, echo):
+        self.total, self.done, self.echo = total, done, echo
+        self.times: list[float] = []
+        self.t0 = time.perf_counter()
+
+    def eta(self, running: int) -> str:
+        left = self.total - self.done
+        if not self.times or left == 0:
+            return "?" if left else "0 s"
+        per = sum(self.times) / len(self.times)
+        secs = per * left / max(running, 1)
+        return f"{secs / 60:.1f} min" if secs >= 60 else f"{secs:.0f} s"
+
+    def started(self, cell: dict, running: int):
+        self.echo(f"[{self.done}/{self.total} done, {running} running, {self.total - self.done - running} left, "
+                  f"ETA {self.eta(running)}] start {cell['method_label']} x {cell['task']} seed {cell['seed']}")
+
+    def finished(self, cell: dict, info: dict, running: int):
+        self.done += 1
+        if info["status"] == "done":
+            self.times.append(info["seconds"])
+        self.echo(f"[{self.done}/{self.total} done, {running} running, {self.total - self.done - running} left, "
+                  f"ETA {self.eta(running)}] {info['status']} {cell['method_label']} x {cell['task']} seed "
+                  f"{cell['seed']} in {info['seconds']:.0f} s")
+
+
+def run_bench(config: Path, out: Path, backend: str = "local", address: str | None = None, echo=print) -> dict:
+    cfg, bench, cells = prepare(config, out)
+    out = Path(out)
+    todo = [c for c in cells if not (out / "cells" / c["id"] / "results.json").is_file()]
+    tr = _Tracker(len(cells), len(cells) - len(todo), echo)
+    echo(f"bench {cfg.name}: {len(cells)} cells ({len(cfg.methods)} methods x {len(cfg.tasks)} tasks x "
+         f"{len(cfg.seeds)} seeds), {len(cells) - len(todo)} already done, backend {backend}")
+    t0 = time.perf_counter()
+    cfg_dict = cfg.model_dump(mode="json")
+    if backend == "local":
+        for c in todo:
+            tr.started(c, 1)
+            tr.finished(c, run_cell(c, str(out), cfg_dict), 0)
+    elif backend == "ray":
+        from .ray_backend import run_ray
+
+        run_ray(todo, str(out), cfg_dict, cfg.resources, address, tr)
+    else:
+        raise UserError(f"unknown --backend {backend!r}; backends: local, ray")
+    return {"cells": len(cells), "ran": len(todo), "seconds": round(time.perf_counter() - t0, 1), "out": str(out)}
