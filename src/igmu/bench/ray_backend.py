@@ -58,8 +58,10 @@ def run_ray(cells: list[dict], bench_dir: str, cfg_dict: dict, resources, addres
     try:
         task = ray.remote(num_cpus=resources.cpus, num_gpus=resources.gpus, max_retries=1)(run_cell)
         pending = {task.remote(c, bench_dir, cfg_dict): c for c in cells}
-        for c in cells:
-            tracker.started(c, len(pending))
+        res = ray.cluster_resources()
+        per = [(resources.cpus, res.get("CPU", 1))] + ([(resources.gpus, res.get("GPU", 0))] if resources.gpus else [])
+        tracker.slots = max(1, int(min(have // need for need, have in per)))
+        tracker.queued(len(pending))
         while pending:
             ready, _ = ray.wait(list(pending), num_returns=1)
             for ref in ready:

@@ -157,8 +157,8 @@ def prepare(config: Path, out: Path) -> tuple[BenchConfig, dict, list[dict]]:
 class _Tracker:
     """Cells done / running / left, with a time estimate from the cells finished in this run."""
 
-    def __init__(self, total: int, done: int, echo):
-        self.total, self.done, self.echo = total, done, echo
+    def __init__(self, total: int, done: int, echo, slots: int = 1):
+        self.total, self.done, self.echo, self.slots = total, done, echo, slots
         self.times: list[float] = []
         self.t0 = time.perf_counter()
 
@@ -167,17 +167,25 @@ class _Tracker:
         if not self.times or left == 0:
             return "?" if left else "0 s"
         per = sum(self.times) / len(self.times)
-        secs = per * left / max(running, 1)
+        secs = per * left / max(min(running, self.slots), 1)
         return f"{secs / 60:.1f} min" if secs >= 60 else f"{secs:.0f} s"
 
-    def started(self, cell: dict, running: int):
-        self.echo(f"[{self.done}/{self.total} done, {running} running, {self.total - self.done - running} left, "
-                  f"ETA {self.eta(running)}] start {cell['method_label']} x {cell['task']} seed {cell['seed']}")
+    def _state(self, pending: int) -> str:
+        running = min(pending, self.slots)
+        return (f"[{self.done}/{self.total} done, {running} running, {self.total - self.done - running} left, "
+                f"ETA {self.eta(pending)}]")
 
-    def finished(self, cell: dict, info: dict, running: int):
+    def started(self, cell: dict, pending: int):
+        self.echo(f"{self._state(pending)} start {cell['method_label']} x {cell['task']} seed {cell['seed']}")
+
+    def queued(self, n: int):
+        self.echo(f"{self._state(n)} {n} cells queued on {self.slots} parallel slots")
+
+    def finished(self, cell: dict, info: dict, pending: int):
         self.done += 1
         if info["status"] == "done":
             self.times.append(info["seconds"])
+        running = min(pending, self.slots)
         self.echo(f"[{self.done}/{self.total} done, {running} running, {self.total - self.done - running} left, "
                   f"ETA {self.eta(running)}] {info['status']} {cell['method_label']} x {cell['task']} seed "
                   f"{cell['seed']} in {info['seconds']:.0f} s")

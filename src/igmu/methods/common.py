@@ -3,6 +3,7 @@ and the closed-form least-squares edit of projection matrices (UCE, and later MA
 from __future__ import annotations
 
 import inspect
+import re
 
 import torch
 
@@ -17,6 +18,58 @@ def check_prompt(pipe, text: str, what: str = "target") -> None:
     n = len(tok(text).input_ids)
     if n > tok.model_max_length:
         raise UserError(f"{what} {text!r} is {n} tokens; this model's tokenizer takes at most {tok.model_max_length}")
+
+
+# The generic retain set, used when a method needs retain prompts and no --preserve is given: simple prompts
+# in the mini world's vocabulary (other shapes, colours and styles, and a person), plain English for Stable
+# Diffusion as well. A prompt that shares a content word with a target is dropped (generic_retain).
+GENERIC_RETAIN = [
+    "a red square on a dark background",
+    "a blue triangle on a light background",
+    "a green dotted star on a dark background",
+    "a yellow heart on a light background",
+    "a purple outlined diamond on a dark background",
+    "an orange checkered moon on a light background",
+    "a blue cross on a light background",
+    "a person on a dark background",
+]
+_STOPWORDS = {"a", "an", "the", "on", "of", "in", "with", "and", "background", "photo", "image", "picture"}
+
+
+def content_words(text: str) -> set[str]:
+    return {w for w in re.findall(r"[a-z0-9]+", text.lower()) if w not in _STOPWORDS}
+
+
+def generic_retain(targets: list[str]) -> list[str]:
+    """GENERIC_RETAIN minus the prompts that share a content word with a target."""
+    banned = set().union(*(content_words(t) for t in targets))
+    return [p for p in GENERIC_RETAIN if not content_words(p) & banned]
+
+
+def anchor_text(req) -> str:
+    """The anchor (surrogate) concept of a request: --anchor, or the empty prompt when none is given."""
+    return req.anchor.strip() if req.anchor and req.anchor.strip() else ""
+
+
+def check_request(pipe, req) -> None:
+    """One-line errors for a request: targets, anchor and preserved concepts must be encodable, a target
+    may not repeat, and the anchor may not be one of the targets."""
+    for t in req.targets:
+        check_prompt(pipe, t, "target")
+    if len(set(req.targets)) != len(req.targets):
+        raise UserError("the same --target is given twice")
+    if req.anchor and req.anchor.strip():
+        check_prompt(pipe, req.anchor, "anchor")
+    for p in req.preserve:
+        check_prompt(pipe, p, "preserved concept")
+    if anchor_text(req) and anchor_text(req) in req.targets:
+        raise UserError("the --anchor is one of the targets; anchor the target to a different concept")
+
+
+def changed_tensors(named_params, before: dict, component: str = "unet") -> dict:
+    """{"<component>.<name>": tensor} for the trained parameters whose value moved from `before[name]`."""
+    return {f"{component}.{n}": p.detach().cpu().clone() for n, p in named_params
+            if not torch.equal(p.detach().cpu(), before[n].detach().cpu())}
 
 
 @torch.no_grad()
