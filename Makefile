@@ -29,6 +29,7 @@ bench: $(STAMP)
 	$(BIN)/python scripts/bench_judges.py
 	$(BIN)/python scripts/bench_fidelity.py
 	$(BIN)/python scripts/bench_speed.py
+	$(BIN)/python scripts/bench_eval.py
 
 clean:
 	rm -rf out .pytest_cache

@@ -21,7 +21,10 @@ os.environ.setdefault("DIFFUSERS_VERBOSITY", "error")
 # (label, method, --set overrides): every method at its documented defaults
 RUNS = [("uce", "uce", []), ("esd-x", "esd", ["train_method=xattn"]), ("esd-u", "esd", ["train_method=noxattn"]),
         ("fmn", "fmn", []), ("conceptprune", "conceptprune", []), ("spm", "spm", []), ("mace", "mace", []),
-        ("negprompt", "negprompt", []), ("sld", "sld", [])]
+        ("negprompt", "negprompt", []), ("sld", "sld", []),
+        ("rece", "rece", []), ("advunlearn", "advunlearn", []), ("receler", "receler", []), ("ca", "ca", []),
+        ("doco", "doco", []), ("sa", "sa", []), ("salun", "salun", []), ("erasediff", "erasediff", []),
+        ("scissorhands", "scissorhands", [])]
 
 
 def main():

@@ -14,10 +14,13 @@ from igmu.tasks import task_to_yaml
 from igmu.tasks.mini import mini_task
 
 VOLATILE = {"seconds", "cache", "created", "versions"}
+# Results are bitwise reproducible at a fixed thread count (CPU kernels round differently with more threads);
+# the Ray backend runs each cell with resources.cpus = 1 thread, so every run here uses one thread.
+ENV = {**os.environ, "OMP_NUM_THREADS": "1"}
 
 
 def _cli(*args, **kw):
-    return subprocess.run([sys.executable, "-m", "igmu.cli", *args], capture_output=True, text=True, **kw)
+    return subprocess.run([sys.executable, "-m", "igmu.cli", *args], capture_output=True, text=True, env=ENV, **kw)
 
 
 def _one_line_error(r, needle):
@@ -61,10 +64,9 @@ def reference(sweep, tmp_path_factory):
 def test_sigkill_three_times_then_resume_gives_the_same_results(sweep, reference, tmp_path):
     out = tmp_path / "out"
     rng = random.Random(7)
-    env = {**os.environ, "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", "2")}
     for _ in range(3):
         p = subprocess.Popen([sys.executable, "-m", "igmu.cli", "bench", "--config", str(sweep), "--out", str(out)],
-                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env)
+                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=ENV)
         time.sleep(rng.uniform(4, 14))
         p.send_signal(signal.SIGKILL)
         p.wait()

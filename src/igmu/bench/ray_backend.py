@@ -50,7 +50,8 @@ def run_ray(cells: list[dict], bench_dir: str, cfg_dict: dict, resources, addres
     started_here = not ray.is_initialized()
     if started_here:
         try:
-            ray.init(address=address, runtime_env=env, include_dashboard=False, log_to_driver=False,
+            # without --address: always a fresh local instance ("local"), never a cluster already running here
+            ray.init(address=address or "local", runtime_env=env, include_dashboard=False, log_to_driver=False,
                      **({} if address else {"num_cpus": os.cpu_count()}))
         except (ConnectionError, RuntimeError, TimeoutError) as e:
             raise UserError(f"cannot connect to Ray at {address or 'a new local instance'}: "

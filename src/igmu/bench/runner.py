@@ -201,6 +201,10 @@ def run_bench(config: Path, out: Path, backend: str = "local", address: str | No
     t0 = time.perf_counter()
     cfg_dict = cfg.model_dump(mode="json")
     if backend == "local":
+        import torch
+
+        # a cell gets resources.cpus threads on either backend: results are bitwise equal at equal thread counts
+        torch.set_num_threads(max(1, int(cfg.resources.cpus)))
         for c in todo:
             tr.started(c, 1)
             tr.finished(c, run_cell(c, str(out), cfg_dict), 0)
