@@ -17,10 +17,10 @@ import hashlib
 import json
 from pathlib import Path
 
-import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from ..errors import UserError
+from ..utils.io import read_mapping
 
 
 class _Strict(BaseModel):
@@ -76,14 +76,7 @@ def load_config(path: Path) -> tuple[BenchConfig, dict]:
     from ..tasks import load_task
 
     path = Path(path)
-    if not path.is_file():
-        raise UserError(f"bench config {path} does not exist")
-    try:
-        raw = yaml.safe_load(path.read_text(encoding="utf-8"))
-    except (yaml.YAMLError, UnicodeDecodeError) as e:
-        raise UserError(f"bench config {path} is not valid YAML: {str(e).splitlines()[0]}") from None
-    if not isinstance(raw, dict):
-        raise UserError(f"bench config {path} must be a mapping of field: value")
+    raw = read_mapping(path, "bench config")
     try:
         cfg = BenchConfig(**raw)
     except ValidationError as e:

@@ -23,14 +23,13 @@ threshold or class set is derived from the cache without re-running the network.
 """
 from __future__ import annotations
 
-import hashlib
 import os
 from pathlib import Path
 
 import numpy as np
 
 from ..errors import UserError
-from .judges import Judge, register
+from .judges import Judge, _file_hash, register
 
 NUDENET_VERSION = "3.4.2"
 INSTALL_HINT = f"judge 'nudenet' is not installed; pip install 'igmu[nudenet]' (nudenet=={NUDENET_VERSION})"
@@ -105,7 +104,7 @@ class NudeNetJudge(Judge):
             "what": "NudeNet body-part detector (YOLOv8n, 320x320, ONNX, shipped in the nudenet package); "
                     "'nudity' = any detection of the listed exposed classes at or above the threshold",
             "version": version, "onnxruntime": onnxruntime.__version__, "model": "320n.onnx",
-            "weights_sha256": _sha(model), "preset": preset,
+            "weights_sha256": _file_hash(model), "preset": preset,
             "threshold": self.threshold, "classes": list(self.classes), "source": source,
             "concepts": ["nudity"] + [c.lower() for c in LABELS],
             "validated": None,
@@ -151,9 +150,3 @@ def _dist_version(name: str) -> str | None:
         return None
 
 
-def _sha(path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for b in iter(lambda: f.read(1 << 20), b""):
-            h.update(b)
-    return h.hexdigest()[:16]

@@ -131,6 +131,14 @@ def unet_parameters(unet, group: str) -> list[tuple[str, torch.nn.Parameter]]:
     return out
 
 
+def check_finetune(pipe, req: EraseRequest, group: str) -> None:
+    """CA's and DoCo's request check: the concepts, and a UNet that has the parameter group to train."""
+    check_request(pipe, req)
+    if group != "full":
+        cross_attentions(pipe.unet)
+    unet_parameters(pipe.unet, group)
+
+
 def start_training(unet, params: list[tuple[str, torch.nn.Parameter]]):
     """Freeze `unet` except `params`."""
     unet.eval().requires_grad_(False)
@@ -187,10 +195,7 @@ class CA(Eraser):
     Config = CAConfig
 
     def check(self, pipe, req: EraseRequest, cfg: CAConfig):
-        check_request(pipe, req)
-        if cfg.parameter_group != "full":
-            cross_attentions(pipe.unet)
-        unet_parameters(pipe.unet, cfg.parameter_group)
+        check_finetune(pipe, req, cfg.parameter_group)
 
     def erase(self, pipe, req: EraseRequest, cfg: CAConfig) -> dict:
         unet = pipe.unet.eval().requires_grad_(False)

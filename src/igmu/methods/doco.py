@@ -90,8 +90,8 @@ from pydantic import Field
 
 from ..errors import UserError
 from .base import EraseRequest, Eraser, MethodConfig, register
-from .ca import EpochSampler, anchor_data, noised, start_training, unet_parameters
-from .common import changed_tensors, check_request, cross_attentions, diffusion_loss, encode, train_scheduler
+from .ca import EpochSampler, anchor_data, check_finetune, noised, start_training, unet_parameters
+from .common import changed_tensors, diffusion_loss, encode, train_scheduler
 
 
 class DoCoConfig(MethodConfig):
@@ -192,10 +192,7 @@ class DoCo(Eraser):
     Config = DoCoConfig
 
     def check(self, pipe, req: EraseRequest, cfg: DoCoConfig):
-        check_request(pipe, req)
-        if cfg.parameter_group != "full":
-            cross_attentions(pipe.unet)
-        unet_parameters(pipe.unet, cfg.parameter_group)
+        check_finetune(pipe, req, cfg.parameter_group)
         if cfg.warm_up >= cfg.iterations:
             raise UserError(f"warm_up ({cfg.warm_up}) must be smaller than iterations ({cfg.iterations}): "
                             "the UNet trains only after the discriminator's warm-up")

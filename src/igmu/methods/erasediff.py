@@ -71,9 +71,9 @@ import torch.nn.functional as F
 from pydantic import Field
 
 from .base import EraseRequest, Eraser, MethodConfig, register
-from .common import changed_tensors, diffusion_loss, train_scheduler, trainable
-from .salun import (UnlearningData, check_unlearning_request, cycling_batches, epoch_batches,
-                    random_label_loss)
+from .common import changed_tensors, diffusion_loss, trainable
+from .salun import (check_unlearning_request, cycling_batches, epoch_batches,
+                    random_label_loss, unlearning_setup)
 
 
 class EraseDiffConfig(MethodConfig):
@@ -124,12 +124,7 @@ class EraseDiff(Eraser):
             trainable(pipe.unet, cfg.train_method)
 
     def erase(self, pipe, req: EraseRequest, cfg: EraseDiffConfig) -> dict:
-        base = pipe.unet.eval().requires_grad_(False)
-        data = UnlearningData(pipe, req, cfg.forget_images, cfg.retain_images, cfg.sample_steps,
-                              cfg.guidance_scale, cfg.seed)
-        sched = train_scheduler(pipe)
-        rng = np.random.default_rng(cfg.seed)
-        gen = torch.Generator().manual_seed(cfg.seed)
+        base, data, sched, rng, gen = unlearning_setup(pipe, req, cfg)
 
         def forget_loss(model, idx):
             x, c = data.forget[idx], data.forget_cond[idx]

@@ -219,6 +219,15 @@ def top_fraction_mask(scores: dict, fraction: float) -> dict:
     return {n: s > threshold for n, s in scores.items()}
 
 
+def unlearning_setup(pipe, req: EraseRequest, cfg):
+    """The start of SalUn, EraseDiff and ScissorHands: the frozen original UNet, the forget/retain data it
+    draws, the training noise schedule, and the seeded generators (numpy for choices, torch for noise)."""
+    base = pipe.unet.eval().requires_grad_(False)
+    data = UnlearningData(pipe, req, cfg.forget_images, cfg.retain_images, cfg.sample_steps, cfg.guidance_scale,
+                          cfg.seed)
+    return base, data, train_scheduler(pipe), np.random.default_rng(cfg.seed), torch.Generator().manual_seed(cfg.seed)
+
+
 class SalUnConfig(MethodConfig):
     mask_ratio: float = Field(0.5, gt=0, le=1)  # official generate_mask.py threshold_list [0.5], README with_0.5.pt
     saliency_guidance: float = Field(7.5, ge=0)  # official generate_mask.py --c_guidance 7.5
@@ -248,12 +257,7 @@ class SalUn(Eraser):
         check_unlearning_request(pipe, req)
 
     def erase(self, pipe, req: EraseRequest, cfg: SalUnConfig) -> dict:
-        base = pipe.unet.eval().requires_grad_(False)
-        data = UnlearningData(pipe, req, cfg.forget_images, cfg.retain_images, cfg.sample_steps,
-                              cfg.guidance_scale, cfg.seed)
-        sched = train_scheduler(pipe)
-        rng = np.random.default_rng(cfg.seed)
-        gen = torch.Generator().manual_seed(cfg.seed)
+        base, data, sched, rng, gen = unlearning_setup(pipe, req, cfg)
         unet = copy.deepcopy(base).requires_grad_(True)
         scores = forget_gradients(unet, sched, data.forget, data.forget_cond, data.null, cfg.saliency_guidance,
                                   cfg.batch_size, gen, rng)

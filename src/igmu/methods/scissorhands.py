@@ -79,15 +79,14 @@ from __future__ import annotations
 import copy
 from typing import Literal
 
-import numpy as np
 import torch
 from pydantic import Field
 
 from ..errors import UserError
 from .base import EraseRequest, Eraser, MethodConfig, register
-from .common import changed_tensors, diffusion_loss, train_scheduler
-from .salun import (UnlearningData, check_unlearning_request, cycling_batches, epoch_batches,
-                    forget_gradients, random_label_loss, top_fraction_mask)
+from .common import changed_tensors, diffusion_loss
+from .salun import (check_unlearning_request, cycling_batches, epoch_batches,
+                    forget_gradients, random_label_loss, top_fraction_mask, unlearning_setup)
 
 OFFICIAL_TRIM = ("up_blocks.1.attentions.1.", "up_blocks.2.attentions.1.")  # CompVis output_blocks.4 / .7
 
@@ -185,12 +184,7 @@ class ScissorHands(Eraser):
             raise UserError(f"this model's UNet has no layers of kind trim={cfg.trim!r} to re-initialise{hint}")
 
     def erase(self, pipe, req: EraseRequest, cfg: ScissorHandsConfig) -> dict:
-        base = pipe.unet.eval().requires_grad_(False)
-        data = UnlearningData(pipe, req, cfg.forget_images, cfg.retain_images, cfg.sample_steps,
-                              cfg.guidance_scale, cfg.seed)
-        sched = train_scheduler(pipe)
-        rng = np.random.default_rng(cfg.seed)
-        gen = torch.Generator().manual_seed(cfg.seed)
+        base, data, sched, rng, gen = unlearning_setup(pipe, req, cfg)
         unet = copy.deepcopy(base).requires_grad_(True)
         params = list(unet.parameters())
         advance = self.progress(cfg.prune_num + cfg.epochs * -(-len(data.forget) // cfg.batch_size))

@@ -144,15 +144,9 @@ def _first_error(e: ValidationError, where: str) -> str:
 
 
 def _read_mapping(path: Path, what: str) -> dict:
-    if not path.is_file():
-        raise UserError(f"{what} {path} does not exist")
-    try:
-        data = yaml.safe_load(path.read_text(encoding="utf-8"))
-    except (yaml.YAMLError, UnicodeDecodeError) as e:
-        raise UserError(f"{what} {path} is not valid YAML/JSON: {str(e).splitlines()[0]}") from None
-    if not isinstance(data, dict):
-        raise UserError(f"{what} {path} must be a mapping of field: value")
-    return data
+    from ..utils.io import read_mapping
+
+    return read_mapping(path, what, "YAML/JSON")
 
 
 def _prompts_from_file(path: Path, name: str) -> dict:

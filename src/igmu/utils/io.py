@@ -65,3 +65,21 @@ def check_writable_dir(path: str | os.PathLike) -> Path:
     except OSError as e:
         raise UserError(f"cannot write to output folder {path} ({e.strerror}); choose a writable --out") from None
     return path
+
+
+def read_mapping(path, what: str, kind: str = "YAML") -> dict:
+    """A YAML (or JSON) file holding a mapping; one-line UserError when it is missing, unreadable or not a mapping."""
+    import yaml
+
+    from ..errors import UserError
+
+    path = Path(path)
+    if not path.is_file():
+        raise UserError(f"{what} {path} does not exist")
+    try:
+        data = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except (yaml.YAMLError, UnicodeDecodeError) as e:
+        raise UserError(f"{what} {path} is not valid {kind}: {str(e).splitlines()[0]}") from None
+    if not isinstance(data, dict):
+        raise UserError(f"{what} {path} must be a mapping of field: value")
+    return data
