@@ -3,7 +3,9 @@ style 'striped', unsafe 'hex mark'), the share of forget-prompt images that stil
 show the target and the share of retain-prompt images drawn as asked, before and
 after erasure, with erase time, peak RSS and parameters changed.
 
-Every method runs at its documented defaults; nothing is tuned per target.
+Every method runs at its documented defaults; nothing is tuned per target. Each erasure runs in its own
+process (`igmu erase`), so its peak RSS is that erasure's own high-water mark (model load included),
+not the benchmark process's.
 Writes out/bench/methods.json and prints a Markdown table.
 """
 from __future__ import annotations
@@ -12,6 +14,7 @@ import argparse
 import json
 import os
 import shutil
+import subprocess
 import sys
 from pathlib import Path
 
@@ -32,7 +35,7 @@ def main():
 
     warnings.filterwarnings("ignore")
     from igmu.generate import GenSettings
-    from igmu.methods.artifact import load_artifact, run_erase
+    from igmu.methods.artifact import load_artifact
     from igmu.models.load import load_pipeline
     from igmu.world.erasure_checks import TARGETS, measure
     from igmu.world.judges import Detector
@@ -53,7 +56,9 @@ def main():
         for kind, target in TARGETS.items():
             art = work / f"{label}-{kind}"
             shutil.rmtree(art, ignore_errors=True)
-            run_erase("mini", method, [target], None, [], None, sets, art)
+            cmd = [sys.executable, "-m", "igmu.cli", "erase", "--model", "mini", "--method", method,
+                   "--target", target, "--out", str(art)] + [x for kv in sets for x in ("--set", kv)]
+            subprocess.run(cmd, check=True, stdout=subprocess.DEVNULL)
             cost = load_artifact(art)[0]["cost"]
             after = measure(load_pipeline(str(art)), det, kind, s, a.n)
             rows.append({"method": label, "kind": kind, "target": target, "before": before[kind], "after": after,

@@ -6,6 +6,7 @@ import signal
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import pytest
 import yaml
@@ -101,3 +102,11 @@ def test_bench_bad_inputs(sweep, tmp_path):
                          "--address", "127.0.0.1:9"), "does not answer")
     _one_line_error(_cli("bench", "--config", str(sweep), "--out", str(tmp_path / "x"), "--backend", "slurm"),
                     "unknown --backend")
+
+
+@pytest.mark.parametrize("name", sorted(p.name for p in (Path(__file__).parents[1] / "benchmarks").glob("*.yaml")))
+def test_shipped_bench_configs_are_valid(name):
+    from igmu.bench.config import load_config
+
+    cfg, _ = load_config(Path(__file__).parents[1] / "benchmarks" / name)
+    assert cfg.methods and cfg.tasks

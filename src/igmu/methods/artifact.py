@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import resource
 import time
 from pathlib import Path
 
@@ -26,6 +25,7 @@ import torch
 
 from ..errors import UserError
 from ..utils.io import atomic_dir
+from ..utils.memory import peak_rss_mb
 
 FORMAT = "igmu-artifact"
 VERSION = 1  # artifacts of changed weights
@@ -111,7 +111,7 @@ def run_erase(model: str, method_name: str, targets: list[str], anchor: str | No
     else:
         changed = method.erase(pipe, req, cfg)
     secs = time.perf_counter() - t0
-    peak_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    peak_mb = peak_rss_mb()
     n_tensor = sum(v.numel() for v in changed.values())
     n_diff = 0
     for k, v in changed.items():
