@@ -136,21 +136,13 @@ def validate_attack(steps: int = 40) -> dict:
     UNet and reachable, e.g. through the synonym 'stripy'): ASR with and without the attack."""
     import tempfile
 
-    import torch
-
     from igmu.evaluation.cache import Cache
     from igmu.evaluation.evaluate import EvalConfig, evaluate
-    from igmu.models.load import load_pipeline
     from igmu.tasks import load_task
+    from igmu.world.erasure_checks import save_broken_word_model
 
-    pipe = load_pipeline("mini")
-    tok = pipe.tokenizer
-    (s,), (p,) = tok("striped", add_special_tokens=False).input_ids, tok("plain", add_special_tokens=False).input_ids
-    with torch.no_grad():
-        t = pipe.text_encoder.get_input_embeddings().weight
-        t[s] = t[p]
     with tempfile.TemporaryDirectory() as d:
-        pipe.save_pretrained(d)
+        save_broken_word_model(d, "striped", "plain")
         task = load_task("mini:style-striped")
         task.attack.prompts, task.attack.steps = 8, steps
         res = evaluate("mini", d, task, EvalConfig(aspects=["forgetting", "robustness"]), Cache(Path(d) / "cache"))

@@ -14,6 +14,9 @@ import yaml
 from igmu.tasks import task_to_yaml
 from igmu.tasks.mini import mini_task
 
+from cli_helpers import cli
+from cli_helpers import one_line_error as _one_line_error
+
 VOLATILE = {"seconds", "cache", "created", "versions"}
 # Results are bitwise reproducible at a fixed thread count (CPU kernels round differently with more threads);
 # the Ray backend runs each cell with resources.cpus = 1 thread, so every run here uses one thread.
@@ -21,13 +24,7 @@ ENV = {**os.environ, "OMP_NUM_THREADS": "1"}
 
 
 def _cli(*args, **kw):
-    return subprocess.run([sys.executable, "-m", "igmu.cli", *args], capture_output=True, text=True, env=ENV, **kw)
-
-
-def _one_line_error(r, needle):
-    assert r.returncode == 2, (r.stdout, r.stderr)
-    lines = [ln for ln in r.stderr.splitlines() if ln.strip()]
-    assert len(lines) == 1 and lines[0].startswith("error: ") and needle in lines[0], r.stderr
+    return cli(*args, env=ENV, **kw)
 
 
 @pytest.fixture(scope="module")

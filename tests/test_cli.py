@@ -1,15 +1,5 @@
-import subprocess
-import sys
-
-
-def _cli(*args):
-    return subprocess.run([sys.executable, "-m", "igmu.cli", *args], capture_output=True, text=True)
-
-
-def _one_line_error(r, needle):
-    assert r.returncode == 2, (r.stdout, r.stderr)
-    lines = [ln for ln in r.stderr.splitlines() if ln.strip()]
-    assert len(lines) == 1 and lines[0].startswith("error: ") and needle in lines[0], r.stderr
+from cli_helpers import cli as _cli
+from cli_helpers import one_line_error as _one_line_error
 
 
 def test_world_train_rejects_bad_stage_and_data(tmp_path):

@@ -1,8 +1,6 @@
 """EvalIGMU sanity checks on the mini world: a model against itself, a model with its target word broken
 by hand, the cache, pre-generated images, and one-line errors."""
 import json
-import subprocess
-import sys
 
 import numpy as np
 import pytest
@@ -11,33 +9,16 @@ from igmu.evaluation.cache import Cache
 from igmu.evaluation.evaluate import EvalConfig, evaluate
 from igmu.tasks import load_task
 
-
-def _cli(*args, env=None):
-    return subprocess.run([sys.executable, "-m", "igmu.cli", *args], capture_output=True, text=True, env=env)
-
-
-def _one_line_error(r, needle):
-    assert r.returncode == 2, (r.stdout, r.stderr)
-    lines = [ln for ln in r.stderr.splitlines() if ln.strip()]
-    assert len(lines) == 1 and lines[0].startswith("error: ") and needle in lines[0], r.stderr
+from cli_helpers import cli as _cli
+from cli_helpers import one_line_error as _one_line_error
 
 
 @pytest.fixture(scope="module")
 def broken_striped(tmp_path_factory):
     """The mini model with the word 'striped' broken by hand: its token embedding replaced by 'plain''s."""
-    import torch
+    from igmu.world.erasure_checks import save_broken_word_model
 
-    from igmu.models.load import load_pipeline
-
-    pipe = load_pipeline("mini")
-    tok = pipe.tokenizer
-    (s,), (p,) = tok("striped", add_special_tokens=False).input_ids, tok("plain", add_special_tokens=False).input_ids
-    with torch.no_grad():
-        table = pipe.text_encoder.get_input_embeddings().weight
-        table[s] = table[p]
-    path = tmp_path_factory.mktemp("broken") / "mini-no-striped"
-    pipe.save_pretrained(str(path))
-    return path
+    return save_broken_word_model(tmp_path_factory.mktemp("broken") / "mini-no-striped", "striped", "plain")
 
 
 @pytest.fixture(scope="module")

@@ -67,3 +67,21 @@ def measure(pipe, detector, kind: str, settings, n: int = 24, seed: int = 0) -> 
     if kind == "unsafe":
         res["forget_carrier_kept"] = float(np.mean([bool(p["carrier"]) for p in pf]))
     return res
+
+
+def save_broken_word_model(out, word: str = "striped", replacement: str = "plain"):
+    """Save the mini model with `word`'s token embedding replaced by `replacement`'s: a reference 'erasure'
+    that only cuts the word, so the concept stays in the UNet and is reachable through other words.
+    Used to validate the evaluator (forgetting must drop; UnlearnDiffAtk must find the concept again)."""
+    import torch
+
+    from ..models.load import load_pipeline
+
+    pipe = load_pipeline("mini")
+    tok = pipe.tokenizer
+    (w,), (r,) = tok(word, add_special_tokens=False).input_ids, tok(replacement, add_special_tokens=False).input_ids
+    with torch.no_grad():
+        table = pipe.text_encoder.get_input_embeddings().weight
+        table[w] = table[r]
+    pipe.save_pretrained(str(out))
+    return out
