@@ -5,6 +5,8 @@ minutes on one thread) on the shipped mini model and on tiny SD1 / SD2 pipelines
 with the code of a git revision (checked out in a temporary `git worktree`, run with PYTHONPATH pointing at
 it) and once with the working tree, and compares the artifacts: every tensor of weights.safetensors must be
 exactly equal (names, dtypes, shapes, values), and so must the sampling spec of inference-time methods.
+Each artifact then generates two images (`igmu generate --model ARTIFACT`, 3 steps), which must be equal
+pixel for pixel too (this covers applying artifacts and the sampling hooks of inference-time methods).
 Prints one line per (method, model, request) and exits 1 on any difference or failure.
 
     python scripts/check_bitwise.py --rev 02045f7              # all methods, models mini, sd1, sd2
@@ -28,6 +30,8 @@ import tempfile
 import time
 from pathlib import Path
 
+import numpy as np
+
 ROOT = Path(__file__).resolve().parent.parent
 
 # small budgets: a few iterations of every loop (the defaults would take an hour)
@@ -39,7 +43,7 @@ BUDGET = {
     "spm": ["iterations=2", "sample_steps=3", "anchor_samples=2"],
     "mace": ["lora_steps=2", "n_images=2", "sample_steps=3", "n_prompts=3"],
     "negprompt": [],
-    "sld": [],
+    "sld": ["sld_warmup_steps=1"],  # so that safety guidance acts within the 3 generation steps
     "rece": ["epochs=2"],
     "advunlearn": ["iterations=3", "warmup_iter=1", "attack_step=2", "sample_steps=3", "pool_size=2",
                    "retain_batch=2"],
@@ -71,6 +75,7 @@ RICH = {
     "scissorhands": ["forget_loss=ascent", "memory_num=2", "trim=attn1"],
 }
 MODELS = ("mini", "sd1", "sd2")
+GEN_PROMPT = "a red circle on a dark background"
 
 
 def cases(methods: list[str], models: list[str], multi: dict[str, bool]) -> list[dict]:
@@ -119,6 +124,10 @@ def drive(spec_file: str) -> int:
         status[c["id"]] = {"exit": res.exit_code, "output": res.output.strip().splitlines()[-1:] if res.output else [],
                            "error": repr(res.exception) if res.exception and res.exit_code not in (0, 2) else None,
                            "seconds": round(time.perf_counter() - t0, 2)}
+        if res.exit_code == 0:
+            gen = runner.invoke(app, ["generate", "--model", str(out / c["id"]), "--prompt", GEN_PROMPT, "-n", "2",
+                                      "--steps", "3", "--out", str(out / f"{c['id']}-images")])
+            status[c["id"]]["generate_exit"] = gen.exit_code
         print(f"  {c['id']}: exit {res.exit_code} ({status[c['id']]['seconds']} s)", file=sys.stderr, flush=True)
     (out / "status.json").write_text(json.dumps(status, indent=1))
     return 0
@@ -150,8 +159,20 @@ def compare(a: Path, b: Path) -> tuple[bool, str]:
     mb = json.loads((b / "manifest.json").read_text())
     if ma.get("sampling") != mb.get("sampling"):
         return False, f"sampling spec differs: {ma.get('sampling')} vs {mb.get('sampling')}"
+    ia, ib = _images(Path(f"{a}-images")), _images(Path(f"{b}-images"))
+    if ia is None or ib is None:
+        return False, f"generating from the artifact failed ({'revision' if ia is None else 'working tree'})"
+    if len(ia) != len(ib) or any(not np.array_equal(x, y) for x, y in zip(ia, ib)):
+        return False, "images generated from the artifacts differ"
     what = f"{len(ta)} tensors" if ta else f"sampling {ma['sampling']['type']}" if ma.get("sampling") else "0 tensors"
-    return True, what
+    return True, what + f", {len(ia)} images"
+
+
+def _images(folder: Path):
+    from PIL import Image
+
+    files = sorted(folder.glob("images/*.png"))
+    return [np.asarray(Image.open(f)) for f in files] if files else None
 
 
 def build_models(where: Path, models: list[str]) -> dict[str, str]:

@@ -9,9 +9,9 @@ import torch
 
 from igmu.errors import UserError
 from igmu.generate import GenSettings, generate_images, initial_noise, run_generate
-from igmu.methods.artifact import SAMPLING_VERSION, export_merged, load_artifact, run_erase
+from igmu.artifacts import SAMPLING_VERSION, export_merged, load_artifact, load_model
+from igmu.erase import run_erase
 from igmu.methods.sld import PRESETS, SLDParams, safety_guidance, sld_combine, sld_sample
-from igmu.models.load import load_pipeline
 
 FAST = GenSettings(steps=6, guidance=5.0)
 PROMPTS = ["a red circle", "a blue star on a hex mark"]
@@ -37,7 +37,7 @@ def test_negprompt_artifact_samples_like_base_with_that_negative_prompt(kind, ti
     assert manifest["cost"]["params_changed"] == 0 and manifest["cost"]["erase_seconds"] < 1
 
     from diffusers import DiffusionPipeline
-    pipe, plain = load_pipeline(str(art)), load_pipeline(base)
+    pipe, plain = load_model(str(art)), load_model(base)
     assert isinstance(pipe, DiffusionPipeline) and pipe.igmu_sampling == manifest["sampling"]
     got = generate_images(pipe, PROMPTS, SEEDS, FAST)
     want = generate_images(plain, PROMPTS, SEEDS, GenSettings(steps=6, guidance=5.0, negative_prompt="circle, star"))
@@ -59,12 +59,12 @@ def test_sld_artifact_changes_images_and_scale_zero_is_plain_cfg(kind, tiny_sd1,
     assert manifest["sampling"] == {"type": "sld", "safety_concept": "circle, star", "preset": "medium",
                                     "sld_guidance_scale": 1000.0, "sld_warmup_steps": 1, "sld_threshold": 0.01,
                                     "sld_momentum_scale": 0.3, "sld_mom_beta": 0.4}
-    plain = generate_images(load_pipeline(base), PROMPTS, SEEDS, FAST)
-    sld = generate_images(load_pipeline(str(art)), PROMPTS, SEEDS, FAST)
+    plain = generate_images(load_model(base), PROMPTS, SEEDS, FAST)
+    sld = generate_images(load_model(str(art)), PROMPTS, SEEDS, FAST)
     assert np.abs(sld.astype(int) - plain).mean() > 0.2  # guidance away from the concept moves the samples
 
     off = run_erase(base, "sld", ["circle"], None, [], None, ["sld_guidance_scale=0"], tmp_path / "off")
-    assert np.array_equal(generate_images(load_pipeline(str(off)), PROMPTS, SEEDS, FAST), plain)
+    assert np.array_equal(generate_images(load_model(str(off)), PROMPTS, SEEDS, FAST), plain)
 
 
 @pytest.mark.parametrize("scheduler", ["ddim", "dpm"])
@@ -72,7 +72,7 @@ def test_sld_matches_diffusers_safe_pipeline(scheduler, tiny_sd1):
     """Same latents and settings as the deprecated diffusers StableDiffusionPipelineSafe (epsilon model)."""
     from diffusers import DDIMScheduler, DPMSolverMultistepScheduler, StableDiffusionPipelineSafe
 
-    pipe = load_pipeline(str(tiny_sd1))
+    pipe = load_model(str(tiny_sd1))
     cls = DDIMScheduler if scheduler == "ddim" else DPMSolverMultistepScheduler
     pipe.scheduler = cls.from_config(pipe.scheduler.config)
     safe = StableDiffusionPipelineSafe(vae=pipe.vae, text_encoder=pipe.text_encoder, tokenizer=pipe.tokenizer,
@@ -95,7 +95,7 @@ def test_sld_matches_diffusers_safe_pipeline(scheduler, tiny_sd1):
 
 def test_sld_is_batched_and_seeded_like_generate_images(tiny_sd2, tmp_path):
     art = run_erase(str(tiny_sd2), "sld", ["circle"], None, [], None, ["preset=max"], tmp_path / "a")
-    pipe = load_pipeline(str(art))
+    pipe = load_model(str(art))
     alone = generate_images(pipe, ["a blue star"], [3], FAST)
     together = generate_images(pipe, ["a red circle", "a blue star"], [9, 3], FAST, batch_size=2)
     assert np.array_equal(alone[0], together[1])
@@ -161,7 +161,7 @@ def test_bad_sld_options_and_specs(tiny_sd1, tmp_path):
     m["sampling"] = {"type": "teleport"}
     (art / "manifest.json").write_text(json.dumps(m))
     with pytest.raises(UserError, match="'teleport', which this igmu does not know"):
-        load_pipeline(str(art))
+        load_model(str(art))
 
 
 def test_cli_lists_inference_time_methods_and_refuses_export(tiny_sd1, tmp_path):

@@ -91,19 +91,19 @@ def test_unlearndiffatk_records(small_task, broken_striped, tmp_path):
 def test_optimise_prompt_lowers_the_denoising_loss():
     import torch
 
-    from igmu.attacks.adversarial import optimise_prompt
-    from igmu.methods.common import concept_latents, diffusion_loss, train_scheduler
-    from igmu.models.load import load_pipeline
+    from igmu.diffusion.prompt_attack import optimise_prompt
+    from igmu.diffusion.noise import diffusion_loss
+    from igmu.diffusion.sampling import concept_latents
+    from igmu.artifacts import load_model
 
-    pipe = load_pipeline("mini")
+    pipe = load_model("mini")
     pipe.unet.requires_grad_(False)
     pipe.text_encoder.requires_grad_(False)
     x0, _ = concept_latents(pipe, pipe.unet, ["a red circle on a dark background"], 2, 10, 5.0, 0)
-    sched = train_scheduler(pipe)
     t = torch.tensor([500, 500])
 
     def loss_of(cond, fixed=False):
-        return diffusion_loss(pipe.unet, sched, x0, cond.expand(2, -1, -1), torch.Generator().manual_seed(0), t=t)
+        return diffusion_loss(pipe, pipe.unet, x0, cond.expand(2, -1, -1), torch.Generator().manual_seed(0), t=t)
     adv = optimise_prompt(pipe, "a red square on a dark background", loss_of, k=3, steps=25, lr=0.05,
                           generator=torch.Generator().manual_seed(0))
     assert adv.losses[-1] < adv.losses[0]

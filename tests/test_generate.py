@@ -7,7 +7,8 @@ import pytest
 
 from igmu.errors import UserError
 from igmu.generate import GenSettings, generate_images, read_prompt_file, run_generate
-from igmu.models.load import MINI_DIR, load_pipeline
+from igmu.artifacts import load_model
+from igmu.models.load import MINI_DIR
 
 FAST = GenSettings(steps=3, guidance=4.0)
 
@@ -15,7 +16,7 @@ FAST = GenSettings(steps=3, guidance=4.0)
 @pytest.mark.parametrize("kind", ["sd1", "sd2"])
 def test_tiny_pipelines_generate_deterministically(kind, tiny_sd1, tiny_sd2):
     path = tiny_sd1 if kind == "sd1" else tiny_sd2
-    pipe = load_pipeline(str(path))
+    pipe = load_model(str(path))
     a = generate_images(pipe, ["a red circle", "zorb"], [0, 1], FAST)
     b = generate_images(pipe, ["a red circle", "zorb"], [0, 1], FAST)
     c = generate_images(pipe, ["a red circle", "zorb"], [5, 6], FAST)
@@ -25,13 +26,13 @@ def test_tiny_pipelines_generate_deterministically(kind, tiny_sd1, tiny_sd2):
 
 
 def test_sd2_style_is_v_prediction_with_linear_projection(tiny_sd2):
-    pipe = load_pipeline(str(tiny_sd2))
+    pipe = load_model(str(tiny_sd2))
     assert pipe.scheduler.config.prediction_type == "v_prediction"
     assert pipe.unet.config.use_linear_projection
 
 
 def test_image_depends_on_its_own_seed_not_on_the_batch(tiny_sd1):
-    pipe = load_pipeline(str(tiny_sd1))
+    pipe = load_model(str(tiny_sd1))
     alone = generate_images(pipe, ["a blue star"], [3], FAST)
     together = generate_images(pipe, ["a red circle", "a blue star"], [9, 3], FAST, batch_size=1)
     assert np.array_equal(alone[0], together[1])
@@ -48,10 +49,10 @@ def test_run_generate_writes_pngs_and_jsonl(tiny_sd1, tmp_path):
 
 def test_bad_inputs_give_user_errors(tiny_sd1, tmp_path):
     with pytest.raises(UserError, match="unknown model"):
-        load_pipeline(str(tmp_path / "nope"))
+        load_model(str(tmp_path / "nope"))
     (tmp_path / "notpipe").mkdir()
     with pytest.raises(UserError, match="not a diffusers pipeline folder"):
-        load_pipeline(str(tmp_path / "notpipe"))
+        load_model(str(tmp_path / "notpipe"))
     empty = tmp_path / "empty.txt"
     empty.write_text("\n# only a comment\n")
     with pytest.raises(UserError, match="no prompts"):
@@ -104,7 +105,7 @@ def test_mini_model_loads_with_plain_diffusers_without_igmu():
 def test_mini_model_size_and_cfg():
     total = sum(f.stat().st_size for f in MINI_DIR.rglob("*") if f.is_file())
     assert total <= 40 * 1024 * 1024
-    pipe = load_pipeline("mini")
+    pipe = load_model("mini")
     s0 = GenSettings(steps=4, guidance=0.0)
     s1 = GenSettings(steps=4, guidance=7.0)
     a = generate_images(pipe, ["a red circle on a dark background"], [0], s0)

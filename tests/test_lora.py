@@ -2,19 +2,18 @@ import pytest
 import torch
 
 from igmu.errors import UserError
-from igmu.methods.common import cross_attentions
 from igmu.methods.lora import (inject_lora, lora_delta, lora_parameters, merge_lora, only_adapters,
                                set_adapter_scale)
-from igmu.models.load import load_pipeline
+from igmu.artifacts import load_model
 
 
 @pytest.fixture
 def unet(tiny_sd1):
-    return load_pipeline(str(tiny_sd1)).unet.eval()
+    return load_model(str(tiny_sd1)).unet.eval()
 
 
 def _kv(unet):
-    return [f"{n}.{p}" for n, _ in cross_attentions(unet) for p in ("to_k", "to_v")]
+    return [f"{n}.{p}" for n, m in unet.named_modules() if n.endswith("attn2") for p in ("to_k", "to_v")]
 
 
 def _inputs(unet):

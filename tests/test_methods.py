@@ -4,9 +4,9 @@ import pytest
 import torch
 
 from igmu.errors import UserError
-from igmu.methods.artifact import export_merged, load_artifact, run_erase
-from igmu.methods.common import cross_attentions, encode
-from igmu.models.load import load_pipeline
+from igmu.artifacts import export_merged, load_artifact, load_model
+from igmu.erase import run_erase
+from igmu.diffusion.arch import adapter_for
 
 
 @pytest.mark.parametrize("kind", ["sd1", "sd2"])
@@ -18,11 +18,11 @@ def test_uce_maps_target_onto_anchor_and_keeps_preserved(kind, tiny_sd1, tiny_sd
     assert manifest["cost"]["params_changed"] > 0 and manifest["base_model_hash"]
     assert all(".attn2.to_" in k for k in tensors)
 
-    orig, edited = load_pipeline(base), load_pipeline(str(art))
-    hs, mask = encode(orig, ["circle", "square", "star"])
+    orig, edited = load_model(base), load_model(str(art))
+    hs, mask = adapter_for(orig).encode(["circle", "square", "star"])
     last = int(mask[0].sum()) - 2  # the word token; "circle" and "square" are one token each here
-    (name, a0), = [x for x in cross_attentions(orig.unet)][:1]
-    a1 = dict(cross_attentions(edited.unet))[name]
+    (name, a0), = [x for x in adapter_for(orig).cross_attentions()][:1]
+    a1 = dict(adapter_for(edited).cross_attentions())[name]
     tgt, anc, keep = hs[0, last], hs[1, last], hs[2]
     before = (a0.to_v(tgt) - a0.to_v(anc)).norm()
     after = (a1.to_v(tgt) - a0.to_v(anc)).norm()

@@ -7,12 +7,14 @@ import igmu.methods.advunlearn  # noqa: F401  (registers the methods)
 import igmu.methods.rece  # noqa: F401
 import igmu.methods.receler  # noqa: F401
 from igmu.errors import UserError
-from igmu.methods.advunlearn import GENERIC_RETAIN, retain_prompts, text_encoder_parameters, trajectory_pool
-from igmu.methods.artifact import load_artifact, run_erase
-from igmu.methods.common import cross_attentions, encode, sample_until
+from igmu.methods.advunlearn import GENERIC_RETAIN, retain_prompts
+from igmu.methods.train import text_encoder_parameters
+from igmu.diffusion.sampling import sample_until, trajectory_pool
+from igmu.artifacts import load_artifact, load_model
+from igmu.erase import run_erase
+from igmu.diffusion.arch import adapter_for
 from igmu.methods.rece import adversarial_embedding, edited_projections
 from igmu.methods.receler import LinearEraser, _reg
-from igmu.models.load import load_pipeline
 
 ADV_FAST = ["iterations=12", "warmup_iter=4", "attack_step=2", "sample_steps=3", "pool_size=2", "lr=1e-2",
             "retain_batch=2"]
@@ -30,7 +32,7 @@ def _same(a, b):
 def _goal_gap(base, pipes, prompt, eta=1.0, stops=(0, 1, 2)):
     """For each pipe: MSE between its prediction for `prompt` and ESD's goal eps_0 - eta (eps_c - eps_0) of the
     original model, on latents of the prompt drawn by the original model (3-step sampler, stopped early)."""
-    c, null = encode(base, [prompt])[0], encode(base, [""])[0]
+    c, null = adapter_for(base).encode([prompt])[0], adapter_for(base).encode([""])[0]
     gaps = [0.0] * len(pipes)
     for stop in stops:
         xt, t = sample_until(base, base.unet, c, null, 3, stop, 3.0, torch.Generator().manual_seed(11 + stop))
@@ -39,7 +41,7 @@ def _goal_gap(base, pipes, prompt, eta=1.0, stops=(0, 1, 2)):
             ec = base.unet(xt, t, encoder_hidden_states=c).sample
             goal = e0 - eta * (ec - e0)
             for i, p in enumerate(pipes):
-                pred = p.unet(xt, t, encoder_hidden_states=encode(p, [prompt])[0]).sample
+                pred = p.unet(xt, t, encoder_hidden_states=adapter_for(p).encode([prompt])[0]).sample
                 gaps[i] += F.mse_loss(pred, goal).item()
     return gaps
 
@@ -49,9 +51,9 @@ def _goal_gap(base, pipes, prompt, eta=1.0, stops=(0, 1, 2)):
 
 def _attack_value(pipe, orig, prompt, reg):
     """RECE's attack objective at its optimum: min_e sum_l ||W'_l e - W_l c||^2 + reg ||e||^2."""
-    We = [lin.weight.detach() for _, lin in edited_projections(pipe.unet)]
-    Wo = [lin.weight.detach() for _, lin in edited_projections(orig.unet)]
-    c = encode(orig, [prompt])[0][0]
+    We = [lin.weight.detach() for _, lin in edited_projections(pipe)]
+    Wo = [lin.weight.detach() for _, lin in edited_projections(orig)]
+    c = adapter_for(orig).encode([prompt])[0][0]
     e = adversarial_embedding(We, Wo, c, reg)
     return sum(((a.double() @ e.T - b.double() @ c.double().T) ** 2).sum() for a, b in zip(We, Wo)).item() \
         + reg * (e ** 2).sum().item()
@@ -64,11 +66,11 @@ def test_rece_changes_kv_and_closes_the_attack_uce_leaves(kind, tiny_sd1, tiny_s
     uce = run_erase(base, "uce", ["circle"], "square", ["star"], None, [], tmp_path / "u")
     manifest, tensors = load_artifact(rece)
     assert manifest["method"] == "rece" and manifest["cost"]["params_changed"] > 0
-    orig = load_pipeline(base)
-    expect = {f"unet.{n}.to_{p}.weight" for n, _ in cross_attentions(orig.unet) for p in "kv"}
+    orig = load_model(base)
+    expect = {f"unet.{n}.to_{p}.weight" for n, _ in adapter_for(orig).cross_attentions() for p in "kv"}
     assert set(tensors) == expect == set(load_artifact(uce)[1])
     assert not _same(tensors, load_artifact(uce)[1])  # the adversarial epochs changed UCE's result
-    p_rece, p_uce = load_pipeline(str(rece)), load_pipeline(str(uce))
+    p_rece, p_uce = load_model(str(rece)), load_model(str(uce))
     # the best closed-form attack on the target gets worse after RECE than after UCE alone
     assert _attack_value(p_rece, orig, "circle", 0.1) > 1.05 * _attack_value(p_uce, orig, "circle", 0.1)
 
@@ -114,14 +116,14 @@ def test_advunlearn_trains_only_the_text_encoder_towards_the_esd_goal(kind, tiny
     base = _base(kind, tiny_sd1, tiny_sd2)
     art = run_erase(base, "advunlearn", ["circle"], None, [], None, ADV_FAST, tmp_path / "a")
     manifest, tensors = load_artifact(art)
-    orig = load_pipeline(base)
+    orig = load_model(base)
     names = {n for n, _ in orig.text_encoder.named_parameters()}
     want = {f"text_encoder.{n}" for n, _ in text_encoder_parameters(orig.text_encoder, "all")}
     assert set(tensors) == want and want  # transformer layers and final layer norm, nothing else
     assert not any("embeddings" in k for k in tensors) and any("final_layer_norm" in k for k in tensors)
     assert len(want) < len(names) and manifest["cost"]["params_changed"] > 0.9 * manifest["cost"][
         "params_in_changed_tensors"]
-    edited = load_pipeline(str(art))
+    edited = load_model(str(art))
     before, after = _goal_gap(orig, [orig, edited], "circle")
     assert after < 0.8 * before  # the target's prediction moved towards the negative-guidance goal
 
@@ -145,8 +147,8 @@ def test_advunlearn_retain_prompts():
 
 
 def test_trajectory_pool_holds_the_samplers_latents(tiny_sd2):
-    pipe = load_pipeline(str(tiny_sd2))
-    c, null = encode(pipe, ["circle", "star"])[0], encode(pipe, [""])[0]
+    pipe = load_model(str(tiny_sd2))
+    c, null = adapter_for(pipe).encode(["circle", "star"])[0], adapter_for(pipe).encode([""])[0]
     xs, ts = trajectory_pool(pipe, pipe.unet, c, null, 4, 3.0, torch.Generator().manual_seed(3))
     assert xs.shape == (4, 2, 4, 8, 8) and ts.shape == (4,)
     for stop in (0, 2, 3):
@@ -205,10 +207,10 @@ def test_receler_folds_erasers_into_to_out_and_erases(kind, tiny_sd1, tiny_sd2, 
     # and what the eraser learns under it says little about the plain prompt
     art = run_erase(base, "receler", ["circle"], None, [], None, REC_FAST + ["advrs_iters=0"], tmp_path / "a")
     manifest, tensors = load_artifact(art)
-    orig = load_pipeline(base)
-    expect = {f"unet.{n}.to_out.0.{p}" for n, _ in cross_attentions(orig.unet) for p in ("weight", "bias")}
+    orig = load_model(base)
+    expect = {f"unet.{n}.to_out.0.{p}" for n, _ in adapter_for(orig).cross_attentions() for p in ("weight", "bias")}
     assert set(tensors) == expect and manifest["cost"]["params_changed"] > 0
-    edited = load_pipeline(str(art))
+    edited = load_model(str(art))
     before, after = _goal_gap(orig, [orig, edited], "circle")
     assert after < 0.8 * before  # the erasers moved the target's prediction towards the ESD goal
     # the folded weights are plain diffusers weights: nothing else in the UNet differs
@@ -243,15 +245,15 @@ def test_receler_bad_inputs(tiny_sd1, plain_unet_model, tmp_path):
 
 def test_advunlearn_retain_regulariser_holds_preserved_prompts_on_the_mini_model(tmp_path):
     # the tiny test models are untrained (all prompts encode alike), so the retain term is checked on the mini model
-    orig = load_pipeline("mini")
+    orig = load_model("mini")
 
     def preds(pipe, prompt):
-        c, null = encode(orig, [prompt])[0], encode(orig, [""])[0]
+        c, null = adapter_for(orig).encode([prompt])[0], adapter_for(orig).encode([""])[0]
         out = []
         for stop in (0, 1, 2):
             xt, t = sample_until(orig, orig.unet, c, null, 3, stop, 3.0, torch.Generator().manual_seed(stop))
             with torch.no_grad():
-                out.append(pipe.unet(xt, t, encoder_hidden_states=encode(pipe, [prompt])[0]).sample)
+                out.append(pipe.unet(xt, t, encoder_hidden_states=adapter_for(pipe).encode([prompt])[0]).sample)
         return torch.cat(out)
 
     ref = preds(orig, "a blue star")
@@ -260,5 +262,5 @@ def test_advunlearn_retain_regulariser_holds_preserved_prompts_on_the_mini_model
     for w in (0, 10):
         art = run_erase("mini", "advunlearn", ["circle"], None, ["a blue star"], None, sets + [f"retain_loss_w={w}"],
                         tmp_path / f"w{w}")
-        drift[w] = F.mse_loss(preds(load_pipeline(str(art)), "a blue star"), ref).item()
+        drift[w] = F.mse_loss(preds(load_model(str(art)), "a blue star"), ref).item()
     assert drift[10] < 0.5 * drift[0]  # with the retain term the preserved prompt moves much less

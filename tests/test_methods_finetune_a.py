@@ -3,12 +3,15 @@ import pytest
 import torch
 
 from igmu.errors import UserError
-from igmu.methods.artifact import load_artifact, run_erase
-from igmu.methods.ca import unet_parameters  # importing ca, doco and sa registers the three methods
-from igmu.methods.common import concept_latents, diffusion_target, encode, train_scheduler
-from igmu.methods.doco import PatchDiscriminator, predicted_x0, project_conflicting
+from igmu.artifacts import load_artifact, load_model
+from igmu.erase import run_erase
+import igmu.methods  # noqa: F401  (registers the methods)
+from igmu.diffusion.arch import adapter_for
+from igmu.diffusion.noise import diffusion_loss, diffusion_target, predicted_x0
+from igmu.diffusion.sampling import concept_latents
+from igmu.methods.doco import PatchDiscriminator, project_conflicting
+from igmu.methods.train import parameter_group
 from igmu.methods.sa import fisher_diagonal
-from igmu.models.load import load_pipeline
 
 DATA = ["n_images=4", "sample_steps=2"]
 CA_FAST = DATA + ["iterations=12", "lr=1e-3"]
@@ -21,7 +24,7 @@ def _base(kind, tiny_sd1, tiny_sd2):
 
 
 def _kv_names(unet):
-    return sorted(f"unet.{n}" for n, _ in unet_parameters(unet, "crossattn_kv"))
+    return sorted(f"unet.{n}" for n, _ in parameter_group(unet, "crossattn_kv"))
 
 
 def _probe(pipe, prompt: str, n=4, guidance=3.0, seed=11, repeat=1):
@@ -30,7 +33,7 @@ def _probe(pipe, prompt: str, n=4, guidance=3.0, seed=11, repeat=1):
     at fixed random timesteps: (x0, x_t, t, noise, scheduler)."""
     x0, _ = concept_latents(pipe, pipe.unet, [prompt], n, 2, guidance, seed)
     x0 = x0.repeat(repeat, 1, 1, 1)
-    sched = train_scheduler(pipe)
+    sched = adapter_for(pipe).train_scheduler
     g = torch.Generator().manual_seed(seed + 1)
     t = torch.randint(0, 1000, (len(x0),), generator=g)
     noise = torch.randn(x0.shape, generator=g)
@@ -39,7 +42,7 @@ def _probe(pipe, prompt: str, n=4, guidance=3.0, seed=11, repeat=1):
 
 @torch.no_grad()
 def _pred(pipe, xt, t, prompt):
-    e = encode(pipe, [prompt])[0].expand(len(xt), -1, -1)
+    e = adapter_for(pipe).encode([prompt])[0].expand(len(xt), -1, -1)
     return pipe.unet(xt, t, encoder_hidden_states=e).sample
 
 
@@ -53,7 +56,7 @@ def test_ca_changes_only_kv_and_pulls_target_prediction_to_anchor(kind, tiny_sd1
     sets = CA_FAST + ["anchor_model=frozen", "prior_loss_weight=0"]
     art = run_erase(base, "ca", ["circle"], "square", [], None, sets, tmp_path / "a")
     manifest, tensors = load_artifact(art)
-    orig, edited = load_pipeline(base), load_pipeline(str(art))
+    orig, edited = load_model(base), load_model(str(art))
     assert manifest["method"] == "ca" and manifest["cost"]["params_changed"] > 0
     assert sorted(tensors) == _kv_names(orig.unet)  # attn2 to_k / to_v, all of them, nothing else
     _, xt, t, _, _ = _probe(orig, "square")  # the training distribution: images of the anchor
@@ -67,7 +70,7 @@ def test_ca_noise_based_lowers_the_target_denoising_loss_on_anchor_images(tiny_s
     base = str(tiny_sd2)  # v-prediction: the noise-based target is v, not the noise
     sets = DATA + ["iterations=12", "lr=1e-2", "loss=noise-based", "prior_loss_weight=0"]
     art = run_erase(base, "ca", ["circle"], "square", [], None, sets, tmp_path / "a")
-    orig, edited = load_pipeline(base), load_pipeline(str(art))
+    orig, edited = load_model(base), load_model(str(art))
     x0, xt, t, noise, sched = _probe(orig, "square", guidance=6.0, seed=0, repeat=4)  # CA's training images
     y = diffusion_target(sched, x0, noise, t)
     before = ((_pred(orig, xt, t, "circle") - y) ** 2).mean()
@@ -97,7 +100,7 @@ def test_ca_on_the_mini_model_moves_target_more_than_preserved(tmp_path):
     # the ablation is specific to the target
     sets = ["n_images=8", "sample_steps=8", "iterations=25", "lr=3e-3", "n_preserve_images=4"]
     art = run_erase("mini", "ca", ["circle"], "square", ["star"], None, sets, tmp_path / "a")
-    orig, edited = load_pipeline("mini"), load_pipeline(str(art))
+    orig, edited = load_model("mini"), load_model(str(art))
     _, xt, t, _, _ = _probe(orig, "square", n=8)
     tgt_before, tgt_after, kept_before, kept_after = _gaps(orig, edited, xt, t, "circle", "square", "star")
     assert tgt_after < 0.5 * tgt_before  # "circle" now predicts (nearly) what "square" predicts
@@ -111,7 +114,7 @@ def test_sa_trains_its_parameter_group(kind, tiny_sd1, tiny_sd2, tmp_path):
     base = _base(kind, tiny_sd1, tiny_sd2)
     tensors = load_artifact(run_erase(base, "sa", ["circle"], "square", [], None, SA_FAST + ["train_method=xattn"],
                                       tmp_path / "a"))[1]
-    xattn = {f"unet.{n}" for n, _ in unet_parameters(load_pipeline(base).unet, "xattn")}
+    xattn = {f"unet.{n}" for n, _ in parameter_group(load_model(base).unet, "xattn")}
     assert tensors and set(tensors) <= xattn  # only cross-attention parameters moved
 
 
@@ -119,7 +122,7 @@ def test_sa_on_the_mini_model_maps_target_to_surrogate_and_keeps_replayed(tmp_pa
     sets = ["n_images=8", "n_replay_images=8", "sample_steps=8", "iterations=25", "lr=1e-3", "n_fisher=4",
             "fisher_timesteps=8"]
     art = run_erase("mini", "sa", ["circle"], "square", ["star"], None, sets, tmp_path / "a")
-    orig, edited = load_pipeline("mini"), load_pipeline(str(art))
+    orig, edited = load_model("mini"), load_model(str(art))
     _, xt, t, _, _ = _probe(orig, "square", n=8)  # surrogate images
     tgt_before, tgt_after, kept_before, kept_after = _gaps(orig, edited, xt, t, "circle", "square", "star")
     assert tgt_after < 0.7 * tgt_before  # on surrogate images "circle" now denoises like "square"
@@ -133,7 +136,7 @@ def test_sa_full_trains_every_parameter_and_ewc_holds_the_important_ones(tiny_sd
                                    tmp_path / "a"))[1]
     held = load_artifact(run_erase(base, "sa", ["circle"], None, ["star"], None, sets + ["lmbda=1e6"],
                                    tmp_path / "b"))[1]
-    orig = load_pipeline(base)
+    orig = load_model(base)
     params = dict(orig.unet.named_parameters())
     assert len(free) > 0.9 * len(params)  # train_method full: (nearly) every UNet tensor moves
     # the replay data's Fisher, as SA computes it, at the original weights
@@ -141,25 +144,23 @@ def test_sa_full_trains_every_parameter_and_ewc_holds_the_important_ones(tiny_sd
     for _, p in named:
         p.requires_grad_(True)
     x0, _ = concept_latents(orig, orig.unet, ["star"], 4, 2, 7.5, 1)
-    e = encode(orig, ["star"])[0].expand(4, -1, -1)
-    fisher = fisher_diagonal(orig.unet, train_scheduler(orig), named, x0, e, 4, torch.Generator().manual_seed(0))
+    e = adapter_for(orig).encode(["star"])[0].expand(4, -1, -1)
+    fisher = fisher_diagonal(orig, orig.unet, named, x0, e, 4, torch.Generator().manual_seed(0))
     assert all((f >= 0).all() for f in fisher.values()) and sum(f.sum() for f in fisher.values()) > 0
     cost = lambda ts: sum((fisher[k[5:]] * (v - params[k[5:]].detach()) ** 2).sum() for k, v in ts.items())  # noqa
     assert cost(held) < 0.25 * cost(free)  # the EWC penalty keeps the Fisher-weighted drift small
 
 
 def test_fisher_scales_the_timestep_subsample_to_the_full_sum(tiny_sd1):
-    pipe = load_pipeline(str(tiny_sd1))
+    pipe = load_model(str(tiny_sd1))
     named = [(n, p) for n, p in pipe.unet.named_parameters() if "attn2.to_v" in n]
     for _, p in named:
         p.requires_grad_(True)
     x0 = torch.randn(1, 4, 8, 8, generator=torch.Generator().manual_seed(0))
-    e = encode(pipe, ["circle"])[0]
-    sched = train_scheduler(pipe)
-    f = fisher_diagonal(pipe.unet, sched, named, x0, e, 1, torch.Generator().manual_seed(3))
+    e = adapter_for(pipe).encode(["circle"])[0]
+    f = fisher_diagonal(pipe, pipe.unet, named, x0, e, 1, torch.Generator().manual_seed(3))
     # with one timestep (t = 0) the estimate is (T * grad l_0)^2, the official sum's scale
-    from igmu.methods.common import diffusion_loss
-    loss = diffusion_loss(pipe.unet, sched, x0, e, torch.Generator().manual_seed(3), t=torch.tensor([0]))
+    loss = diffusion_loss(pipe, pipe.unet, x0, e, torch.Generator().manual_seed(3), t=torch.tensor([0]))
     g = torch.autograd.grad(loss * 1000, [p for _, p in named])
     assert all(torch.allclose(f[n], gi ** 2, rtol=1e-4, atol=1e-12) for (n, _), gi in zip(named, g))
 
@@ -172,7 +173,7 @@ def test_doco_changes_only_kv(kind, tiny_sd1, tiny_sd2, tmp_path):
     art = run_erase(base, "doco", ["circle"], "square", ["star"], None, DOCO_FAST, tmp_path / "a")
     manifest, tensors = load_artifact(art)
     assert manifest["method"] == "doco" and manifest["cost"]["params_changed"] > 0
-    assert sorted(tensors) == _kv_names(load_pipeline(base).unet)
+    assert sorted(tensors) == _kv_names(load_model(base).unet)
 
 
 def test_doco_surgery_changes_the_update(tiny_sd1, tmp_path):
@@ -198,7 +199,7 @@ def test_project_conflicting_removes_only_the_conflicting_component():
 
 @pytest.mark.parametrize("kind", ["sd1", "sd2"])
 def test_predicted_x0_inverts_the_training_target(kind, tiny_sd1, tiny_sd2):
-    sched = train_scheduler(load_pipeline(_base(kind, tiny_sd1, tiny_sd2)))
+    sched = adapter_for(load_model(_base(kind, tiny_sd1, tiny_sd2))).train_scheduler
     g = torch.Generator().manual_seed(0)
     x0, noise = torch.randn(3, 4, 8, 8, generator=g), torch.randn(3, 4, 8, 8, generator=g)
     t = torch.tensor([10, 500, 990])

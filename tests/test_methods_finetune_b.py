@@ -7,13 +7,15 @@ import igmu.methods.erasediff  # noqa: F401
 import igmu.methods.salun  # noqa: F401
 import igmu.methods.scissorhands  # noqa: F401
 from igmu.errors import UserError
-from igmu.methods.artifact import load_artifact, run_erase
+from igmu.artifacts import load_artifact, load_model
+from igmu.erase import run_erase
 from igmu.methods.base import EraseRequest
-from igmu.methods.common import concept_latents, diffusion_loss, encode, train_scheduler
+from igmu.diffusion.arch import adapter_for
+from igmu.diffusion.noise import diffusion_loss
+from igmu.diffusion.sampling import concept_latents
 from igmu.methods.erasediff import EraseDiff
 from igmu.methods.salun import GENERIC_RETAIN, forget_gradients, retain_prompts, top_fraction_mask
 from igmu.methods.scissorhands import project_gradient, trim, trim_layers
-from igmu.models.load import load_pipeline
 
 DATA = ["forget_images=4", "retain_images=2", "sample_steps=3", "batch_size=4"]
 
@@ -28,13 +30,13 @@ def _probe(pipe, n=4, seed=11, prompt="circle"):
     g = torch.Generator().manual_seed(seed)
     noise = torch.randn(x0.shape, generator=g)
     t = torch.tensor([100, 400, 700, 900][:n])
-    return train_scheduler(pipe).add_noise(x0, noise, t), t
+    return adapter_for(pipe).train_scheduler.add_noise(x0, noise, t), t
 
 
 @torch.no_grad()
 def _gap(pipe, unet, xt, t, a, b):
     """Mean squared difference of the UNet's predictions for prompts a and b on the same x_t."""
-    e = encode(pipe, [a, b])[0]
+    e = adapter_for(pipe).encode([a, b])[0]
     pa = unet(xt, t, encoder_hidden_states=e[:1].expand(len(xt), -1, -1)).sample
     pb = unet(xt, t, encoder_hidden_states=e[1:].expand(len(xt), -1, -1)).sample
     return float(((pa - pb) ** 2).mean())
@@ -55,11 +57,11 @@ def test_top_fraction_mask_keeps_the_largest_scores_over_all_tensors():
 
 
 def test_forget_gradients_signed_sum_versus_sum_of_magnitudes(tiny_sd1):
-    pipe = load_pipeline(str(tiny_sd1))
+    pipe = load_model(str(tiny_sd1))
     unet = pipe.unet.requires_grad_(True)
     x0 = torch.randn(8, 4, 8, 8, generator=torch.Generator().manual_seed(0))
-    e = encode(pipe, ["circle", ""])[0]
-    args = (unet, train_scheduler(pipe), x0, e[:1].expand(8, -1, -1), e[1:], 7.5, 4)
+    e = adapter_for(pipe).encode(["circle", ""])[0]
+    args = (pipe, unet, x0, e[:1].expand(8, -1, -1), e[1:], 7.5, 4)
     # the same two batches, t and noise: SalUn sums signed gradients, SNIP sums their magnitudes
     signed = forget_gradients(*args, torch.Generator().manual_seed(1), np.random.default_rng(0), passes=2)
     mags = forget_gradients(*args, torch.Generator().manual_seed(1), np.random.default_rng(0), passes=2,
@@ -86,7 +88,7 @@ def test_salun_trains_only_salient_weights_and_maps_target_to_pseudo_prompt(kind
     art = run_erase(base, "salun", ["circle"], "square", [], None, DATA + ["epochs=4", "lr=3e-3", "alpha=0.1"],
                     tmp_path / "a")
     manifest, tensors = load_artifact(art)
-    orig, edited = load_pipeline(base), load_pipeline(str(art))
+    orig, edited = load_model(base), load_model(str(art))
     before = _unet_params(orig)
     total = sum(p.numel() for p in before.values())
     assert tensors and all(k.startswith("unet.") for k in tensors)
@@ -103,16 +105,16 @@ def test_salun_trains_only_salient_weights_and_maps_target_to_pseudo_prompt(kind
 def _retain_loss(pipe, orig, prompts, n, seed):
     """Denoising loss of `pipe` on the very retain latents the method trained on (concept_latents, seed + 1)."""
     x0, which = concept_latents(orig, orig.unet, prompts, n, 3, 5.0, seed + 1)
-    c = encode(orig, prompts)[0][which]
-    return float(sum(diffusion_loss(pipe.unet, train_scheduler(orig), x0, c, torch.Generator().manual_seed(i))
+    c = adapter_for(orig).encode(prompts)[0][which]
+    return float(sum(diffusion_loss(orig, pipe.unet, x0, c, torch.Generator().manual_seed(i))
                      for i in range(4)))
 
 
 def test_salun_retain_term_holds_the_retain_images(tiny_sd1, tmp_path):
     base = str(tiny_sd1)
-    orig = load_pipeline(base)
+    orig = load_model(base)
     sets = DATA + ["epochs=4", "lr=3e-3", "retain_images=4"]
-    loss = {a: _retain_loss(load_pipeline(str(run_erase(base, "salun", ["circle"], "square", ["star"], None,
+    loss = {a: _retain_loss(load_model(str(run_erase(base, "salun", ["circle"], "square", ["star"], None,
                                                            sets + [f"alpha={a}"], tmp_path / f"a{a}"))),
                             orig, ["star", "square"], 4, 0)
             for a in (0, 20)}
@@ -133,7 +135,7 @@ def test_erasediff_drives_forget_prediction_to_pseudo_prompt(kind, tiny_sd1, tin
     base = _base(kind, tiny_sd1, tiny_sd2)
     art = run_erase(base, "erasediff", ["circle"], "square", [], None, DATA + ["epochs=3", "lr=3e-3"], tmp_path / "a")
     manifest, tensors = load_artifact(art)
-    orig, edited = load_pipeline(base), load_pipeline(str(art))
+    orig, edited = load_model(base), load_model(str(art))
     assert set(tensors) == set(_unet_params(orig))  # train_method full: every UNet tensor moves
     xt, t = _probe(orig)
     assert _gap(orig, edited.unet, xt, t, "circle", "square") < 0.5 * _gap(orig, orig.unet, xt, t, "circle", "square")
@@ -145,9 +147,9 @@ def test_erasediff_uniform_target_and_xattn_only(tiny_sd2, tmp_path):
     art = run_erase(base, "erasediff", ["circle"], None, [], None, sets, tmp_path / "a")
     tensors = load_artifact(art)[1]
     assert tensors and all(".attn2." in k for k in tensors)
-    orig, edited = load_pipeline(base), load_pipeline(str(art))
+    orig, edited = load_model(base), load_model(str(art))
     xt, t = _probe(orig)
-    e = encode(orig, ["circle"])[0].expand(len(xt), -1, -1)
+    e = adapter_for(orig).encode(["circle"])[0].expand(len(xt), -1, -1)
     with torch.no_grad():
         m0 = float(orig.unet(xt, t, encoder_hidden_states=e).sample.mean())
         m1 = float(edited.unet(xt, t, encoder_hidden_states=e).sample.mean())
@@ -165,7 +167,7 @@ def test_erasediff_adaptive_lambda_follows_the_cosine_rule():
 # ---------------------------------------------------------------- ScissorHands
 
 def test_trim_reinitialises_exactly_the_top_scores_inside_the_trim_layers(tiny_sd1):
-    pipe = load_pipeline(str(tiny_sd1))
+    pipe = load_model(str(tiny_sd1))
     unet = pipe.unet
     layers = trim_layers(unet, "official")
     assert layers and all(n.startswith("up_blocks.1.attentions.1.") and ".attn1." in n for n in layers)
@@ -208,7 +210,7 @@ def test_scissorhands_repairs_with_projection_and_pseudo_prompt(kind, tiny_sd1, 
     sets = DATA + ["epochs=3", "lr=3e-3", "lam=1", "prune_num=2", "sparsity=0.99"]
     art = run_erase(base, "scissorhands", ["circle"], "square", [], None, sets, tmp_path / "a")
     tensors = load_artifact(art)[1]
-    orig, edited = load_pipeline(base), load_pipeline(str(art))
+    orig, edited = load_model(base), load_model(str(art))
     assert set(tensors) == set(_unet_params(orig))  # the repair fine-tunes every UNet tensor
     xt, t = _probe(orig)
     gap0 = _gap(orig, orig.unet, xt, t, "circle", "square")
@@ -218,14 +220,13 @@ def test_scissorhands_repairs_with_projection_and_pseudo_prompt(kind, tiny_sd1, 
 def test_scissorhands_ascent_raises_forget_loss(tiny_sd1, tmp_path):
     base = str(tiny_sd1)
     sets = DATA + ["epochs=3", "lr=3e-3", "lam=1", "prune_num=2", "forget_loss=ascent", "project=false"]
-    edited = load_pipeline(str(run_erase(base, "scissorhands", ["circle"], None, [], None, sets, tmp_path / "a")))
-    orig = load_pipeline(base)
+    edited = load_model(str(run_erase(base, "scissorhands", ["circle"], None, [], None, sets, tmp_path / "a")))
+    orig = load_model(base)
     x0 = concept_latents(orig, orig.unet, ["circle"], 8, 3, 5.0, 5)[0]
-    c = encode(orig, ["circle"])[0].expand(8, -1, -1)
-    sched = train_scheduler(orig)
+    c = adapter_for(orig).encode(["circle"])[0].expand(8, -1, -1)
     with torch.no_grad():
-        before = diffusion_loss(orig.unet, sched, x0, c, torch.Generator().manual_seed(0))
-        after = diffusion_loss(edited.unet, sched, x0, c, torch.Generator().manual_seed(0))
+        before = diffusion_loss(orig, orig.unet, x0, c, torch.Generator().manual_seed(0))
+        after = diffusion_loss(orig, edited.unet, x0, c, torch.Generator().manual_seed(0))
     assert after > before
 
 

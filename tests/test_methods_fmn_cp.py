@@ -3,11 +3,12 @@ import pytest
 import torch
 
 from igmu.errors import UserError
-from igmu.methods.artifact import load_artifact, run_erase
-from igmu.methods.common import encode, record_cross_attention
+from igmu.artifacts import load_artifact, load_model
+from igmu.erase import run_erase
+from igmu.diffusion.arch import adapter_for
+from igmu.diffusion.attention import record_cross_attention
 from igmu.methods.conceptprune import ffn_layers, skilled_mask
 from igmu.methods.fmn import concept_positions
-from igmu.models.load import load_pipeline
 
 
 FMN_FAST = ["iterations=4", "n_images=2", "sample_steps=3", "lr=1e-3"]
@@ -20,11 +21,11 @@ def _base(kind, tiny_sd1, tiny_sd2):
 
 def _attention_mass(pipe, prompt, concept):
     """Mean attention probability on the concept's tokens (and the pooler token), over layers, heads, pixels."""
-    mask = concept_positions(pipe.tokenizer, prompt, concept, True)
-    cond = encode(pipe, [prompt])[0].expand(4, -1, -1)
+    mask = concept_positions(pipe, prompt, concept, True)
+    cond = adapter_for(pipe).encode([prompt])[0].expand(4, -1, -1)
     x = torch.randn(4, 4, 8, 8, generator=torch.Generator().manual_seed(7))
     vals = []
-    with torch.no_grad(), record_cross_attention(pipe.unet, lambda n, p: vals.append(p[..., mask].sum(-1).mean())):
+    with torch.no_grad(), record_cross_attention(pipe, lambda n, p: vals.append(p[..., mask].sum(-1).mean())):
         for t in (100, 500, 900):
             pipe.unet(x, t, encoder_hidden_states=cond)
     return float(torch.stack(vals).mean())
@@ -39,7 +40,7 @@ def _ffn_outputs(pipe, prompt):
     x = torch.randn(2, 4, size, size, generator=torch.Generator().manual_seed(3))
     with torch.no_grad():
         for t in (900, 700, 500):
-            pipe.unet(x, t, encoder_hidden_states=encode(pipe, [prompt])[0].expand(2, -1, -1))
+            pipe.unet(x, t, encoder_hidden_states=adapter_for(pipe).encode([prompt])[0].expand(2, -1, -1))
     for h in hooks:
         h.remove()
     return {n: torch.cat(v) for n, v in outs.items()}
@@ -67,7 +68,7 @@ def test_fmn_lowers_attention_on_target_tokens_and_changes_only_its_layers(kind,
     else:  # nothing downstream of the last cross-attention can be reached by the attention loss
         assert any(".attn2.to_q." in k for k in tensors) and any("resnets" in k for k in tensors)
         assert not any(k.startswith(("unet.conv_out.", "unet.conv_norm_out.")) for k in tensors)
-    orig, edited = load_pipeline(base), load_pipeline(str(art))
+    orig, edited = load_model(base), load_model(str(art))
     before, after = _attention_mass(orig, "circle", "circle"), _attention_mass(edited, "circle", "circle")
     assert after < 0.7 * before, (before, after)
 
@@ -82,11 +83,12 @@ def test_fmn_several_targets_and_deterministic(tiny_sd1, tmp_path):
 
 
 def test_fmn_concept_positions(tiny_sd1):
-    tok = load_pipeline(str(tiny_sd1)).tokenizer
+    pipe = load_model(str(tiny_sd1))
+    tok = pipe.tokenizer
     ids = tok("a photo of hex mark", padding="max_length", max_length=tok.model_max_length).input_ids
-    m = concept_positions(tok, "a photo of hex mark", "hex mark", use_pooler=True)
+    m = concept_positions(pipe, "a photo of hex mark", "hex mark", use_pooler=True)
     assert m.nonzero().ravel().tolist() == [4, 5, 6] and ids[6] == tok.eos_token_id  # the word tokens, first EOS
-    assert concept_positions(tok, "a photo of hex mark", "hex mark", use_pooler=False).sum() == 2
+    assert concept_positions(pipe, "a photo of hex mark", "hex mark", use_pooler=False).sum() == 2
 
 
 def test_fmn_bad_options(tiny_sd1, tmp_path):
@@ -110,7 +112,7 @@ def test_conceptprune_zeroes_only_skilled_ffn_weights_and_hits_the_target(kind, 
     manifest, tensors = load_artifact(art)
     assert manifest["method"] == "conceptprune" and manifest["cost"]["params_changed"] > 0
     assert tensors and all(k.endswith(".ff.net.2.weight") for k in tensors)
-    orig, edited = load_pipeline(base), load_pipeline(str(art))
+    orig, edited = load_model(base), load_model(str(art))
     W0 = dict(orig.unet.named_parameters())
     pruned = 0
     for k, w in tensors.items():

@@ -2,10 +2,11 @@ import pytest
 import torch
 
 from igmu.errors import UserError
-from igmu.methods.artifact import load_artifact, run_erase
-from igmu.methods.common import cross_attentions, encode, record_cross_attention
+from igmu.artifacts import load_artifact, load_model
+from igmu.erase import run_erase
+from igmu.diffusion.arch import adapter_for
+from igmu.diffusion.attention import record_cross_attention
 from igmu.methods.mace import MACE, _shared_positions
-from igmu.models.load import load_pipeline
 
 
 FAST = ["lora_steps=2", "sample_steps=3", "n_images=2"]  # tiny step counts: the code path, not the published run
@@ -13,7 +14,7 @@ FAST = ["lora_steps=2", "sample_steps=3", "n_images=2"]  # tiny step counts: the
 
 def _kv(orig, edited):
     """(name, projection, original module, edited module) for every cross-attention to_k / to_v."""
-    for (name, a0), (_, a1) in zip(cross_attentions(orig.unet), cross_attentions(edited.unet)):
+    for (name, a0), (_, a1) in zip(adapter_for(orig).cross_attentions(), adapter_for(edited).cross_attentions()):
         for proj in ("to_k", "to_v"):
             yield name, proj, getattr(a0, proj), getattr(a1, proj)
 
@@ -40,10 +41,10 @@ def test_mace_changes_only_cross_attention_kv_and_maps_target_onto_anchor(kind, 
     assert sum(ticks[1:]) == ticks[0]  # the progress bar ends full
     manifest, tensors = load_artifact(art)
     assert manifest["method"] == "mace" and manifest["cost"]["params_changed"] > 0
-    orig, edited = load_pipeline(base), load_pipeline(str(art))
-    assert set(tensors) == {f"unet.{n}.{p}.weight" for n, _ in cross_attentions(orig.unet) for p in ("to_k", "to_v")}
+    orig, edited = load_model(base), load_model(str(art))
+    assert set(tensors) == {f"unet.{n}.{p}.weight" for n, _ in adapter_for(orig).cross_attentions() for p in ("to_k", "to_v")}
 
-    hs, mask = encode(orig, ["a photo of circle", "a photo of square", "a photo of star"])
+    hs, mask = adapter_for(orig).encode(["a photo of circle", "a photo of square", "a photo of star"])
     after = int(mask[0].sum()) - 1  # EOS and padding: what follows the target word ("circle", "square": 1 token)
     tgt, anc, keep = hs[0, after:], hs[1, after:], hs[2]
     for name, proj, p0, p1 in _kv(orig, edited):
@@ -62,13 +63,13 @@ def test_mace_two_targets_preservation_and_determinism(tiny_sd1, tmp_path):
     assert load_artifact(a)[0]["targets"] == ["circle", "star"]
     assert ta.keys() == tb.keys() and all(torch.equal(ta[k], tb[k]) for k in ta)  # seeded: same result
 
-    orig = load_pipeline(base)
-    hs, mask = encode(orig, ["a photo of circle", "a photo of star", "a photo of", "a photo of square"])
+    orig = load_model(base)
+    hs, mask = adapter_for(orig).encode(["a photo of circle", "a photo of star", "a photo of", "a photo of square"])
     n_t, n_a, L = int(mask[0].sum()), int(mask[2].sum()), hs.shape[1]
     anc = hs[2, n_a - 1:L - 1]  # no anchor: the template without the target, aligned after the dropped word
     drift = {}
     for art in (a, c):
-        for name, proj, p0, p1 in _kv(orig, load_pipeline(str(art))):
+        for name, proj, p0, p1 in _kv(orig, load_model(str(art))):
             for i in (0, 1):  # both targets at once
                 tgt = hs[i, n_t - 1:]
                 assert (p1(tgt) - p0(anc)).norm() < 0.9 * (p0(tgt) - p0(anc)).norm(), (art.name, name, proj, i)
@@ -83,14 +84,15 @@ def test_mace_lora_suppresses_the_targets_attention(tiny_sd2, tmp_path):
     sets = ["lora_steps=10", "sample_steps=3", "n_images=2", "use_mask=false"]
     weak = run_erase(base, "mace", ["circle"], None, [], None, sets + ["lr=1e-12"], tmp_path / "weak")
     strong = run_erase(base, "mace", ["circle"], None, [], None, sets + ["lr=5e-2"], tmp_path / "strong")
-    orig = load_pipeline(base)
-    emb = encode(orig, ["a photo of circle"])[0].expand(4, -1, -1)
-    (_, sel), = MACE._target_positions(orig.tokenizer, ["a photo of circle"], "circle", True)
+    orig = load_model(base)
+    emb = adapter_for(orig).encode(["a photo of circle"])[0].expand(4, -1, -1)
+    (_, sel), = MACE._target_positions(adapter_for(orig), ["a photo of circle"], "circle", True)
     x = torch.randn(4, 4, 8, 8, generator=torch.Generator().manual_seed(1))
 
     def attention_on_target(art):
-        unet, mass = load_pipeline(str(art)).unet, []
-        with torch.no_grad(), record_cross_attention(unet, lambda n, p: mass.append(p[..., sel].sum(-1).mean())):
+        pipe, mass = load_model(str(art)), []
+        unet = pipe.unet
+        with torch.no_grad(), record_cross_attention(pipe, lambda n, p: mass.append(p[..., sel].sum(-1).mean())):
             unet(x, torch.tensor([300]), encoder_hidden_states=emb)
         return torch.stack(mass).mean().item()
 

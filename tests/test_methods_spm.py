@@ -2,10 +2,11 @@ import pytest
 import torch
 
 from igmu.errors import UserError
-from igmu.methods.artifact import load_artifact, run_erase
-from igmu.methods.common import encode, sample_until
+from igmu.artifacts import load_artifact, load_model
+from igmu.erase import run_erase
+from igmu.diffusion.arch import adapter_for
+from igmu.diffusion.sampling import sample_until
 from igmu.methods.spm import sample_anchors, spm_targets
-from igmu.models.load import load_pipeline
 
 
 FAST = ["iterations=8", "sample_steps=3", "lr=1e-2", "warmup_fraction=0", "anchor_samples=2"]
@@ -20,8 +21,8 @@ def _rank(delta: torch.Tensor) -> int:
 def _preds(base, pipe, prompts, stop=1):
     """Predictions of `pipe` for each prompt on a latent of the first prompt, drawn as SPM draws its
     training latents (the base model's sampler, stopped after `stop` of 3 steps)."""
-    e = encode(base, prompts)[0]
-    xt, t = sample_until(base, base.unet, e[:1], encode(base, [""])[0], 3, stop, 3.0,
+    e = adapter_for(base).encode(prompts)[0]
+    xt, t = sample_until(base, base.unet, e[:1], adapter_for(base).encode([""])[0], 3, stop, 3.0,
                          torch.Generator().manual_seed(5))
     with torch.no_grad():
         return pipe.unet(xt.expand(len(prompts), -1, -1, -1), t, encoder_hidden_states=e).sample
@@ -42,7 +43,7 @@ def test_spm_changes_only_its_layers_by_rank_one_and_steers_target_to_surrogate(
     manifest, tensors = load_artifact(art)
     assert manifest["method"] == "spm" and manifest["config"]["rank"] == 1
     assert manifest["cost"]["params_changed"] > 0
-    orig, edited = load_pipeline(base), load_pipeline(str(art))
+    orig, edited = load_model(base), load_model(str(art))
     layers = spm_targets(orig.unet)
     assert any(".attn1." in n for n in layers) and any(".ff." in n for n in layers)
     assert all(".attentions." in n for n in layers)  # inside the transformer blocks only
@@ -57,10 +58,10 @@ def test_spm_changes_only_its_layers_by_rank_one_and_steers_target_to_surrogate(
 
 def test_latent_anchoring_holds_the_anchored_prompts(tiny_sd1, tmp_path):
     base = str(tiny_sd1)
-    runs = {la: load_pipeline(str(run_erase(base, "spm", ["circle"], "square", ["star"], None,
+    runs = {la: load_model(str(run_erase(base, "spm", ["circle"], "square", ["star"], None,
                                             FAST + [f"la_strength={la}"], tmp_path / f"la{la}")))
             for la in (0, 1000)}
-    orig = load_pipeline(base)
+    orig = load_model(base)
     before = _preds(orig, orig, ["circle", "star"])
     drift = {la: (_preds(orig, p, ["circle", "star"])[1] - before[1]).norm() for la, p in runs.items()}
     assert drift[1000] < 0.25 * drift[0]  # with Latent Anchoring the preserved prompt barely moves
@@ -71,7 +72,7 @@ def test_spm_on_the_mini_model_moves_target_more_than_preserved(tmp_path):
     # can show that the membrane separates the target from a preserved concept
     sets = ["iterations=20", "sample_steps=3", "lr=1e-2", "warmup_fraction=0", "la_strength=10"]
     art = run_erase("mini", "spm", ["circle"], "square", ["star"], None, sets, tmp_path / "a")
-    orig, edited = load_pipeline("mini"), load_pipeline(str(art))
+    orig, edited = load_model("mini"), load_model(str(art))
     for stop in (1, 2):
         before = _preds(orig, orig, ["circle", "square", "star"], stop)
         after = _preds(orig, edited, ["circle", "square", "star"], stop)
@@ -85,7 +86,7 @@ def test_spm_two_targets_are_two_merged_membranes(tiny_sd1, tmp_path):
     one = load_artifact(run_erase(base, "spm", ["circle"], None, [], None, FAST, tmp_path / "a"))[1]
     two = load_artifact(run_erase(base, "spm", ["circle", "star"], None, ["square"], None, FAST, tmp_path / "b"))[1]
     assert set(one) == set(two)
-    orig = dict(load_pipeline(base).unet.named_parameters())
+    orig = dict(load_model(base).unet.named_parameters())
     for k in list(two)[:5]:
         assert _rank(two[k] - orig[k.split(".", 1)[1]].detach()) == 2  # two rank-1 membranes, summed
 

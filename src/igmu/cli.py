@@ -120,7 +120,8 @@ def erase(
     out: Path = typer.Option(..., "--out", "-o", help="Artifact folder to write."),
 ):
     """Erase concept(s) from a model; writes an artifact (changed weights + manifest)."""
-    from .methods.artifact import load_artifact, run_erase
+    from .artifacts import load_artifact
+    from .erase import run_erase
 
     res = run_erase(model, method, list(target or []), anchor, list(preserve or []), config, list(set_ or []), out,
                     _progress(f"erasing ({method})"))
@@ -134,7 +135,7 @@ def export_cmd_top(artifact: Path = typer.Argument(..., help="Artifact folder fr
                    out: Path = typer.Option(..., "--out", "-o"),
                    base: Optional[str] = typer.Option(None, "--base", help="Base model (default: the manifest's).")):
     """Write a merged diffusers pipeline folder (base model + artifact) that plain diffusers loads."""
-    from .methods.artifact import export_merged
+    from .artifacts import export_merged
 
     typer.echo(f"merged pipeline written to {export_merged(artifact, out, base)}")
 

@@ -4,14 +4,12 @@ Image j of prompt i starts from noise drawn with its own generator seeded
 `seed + j`, so the same (prompt, seed, model, settings) always gives the same
 image, whatever else is in the batch.
 
-A pipeline loaded from an inference-time artifact carries `pipe.igmu_sampling`
-(see methods/artifact.py), which generate_images honours:
-
-- {"type": "negative_prompt", "negative_prompt": T}: T is the negative prompt;
-  with a user --negative-prompt U as well, the negative prompt is "U, T".
-- {"type": "sld", ...}: Safe Latent Diffusion guidance (methods/sld.py), from
-  the same initial noise; a user --negative-prompt conditions its
-  unconditional branch, as in plain sampling.
+A pipeline loaded from an inference-time artifact (artifacts.load_model) carries
+that method's sampling hook, `pipe.igmu_sampler`, found through the method
+registry; generate_images calls it, from the same initial noise, instead of the
+plain pipeline call. This module names no method: e.g. the negative-prompt
+baseline's hook adds its targets to the user's --negative-prompt, SLD's adds a
+safety-guidance branch.
 """
 from __future__ import annotations
 
@@ -56,61 +54,26 @@ def _size(pipe, s: GenSettings):
     return s.height or d, s.width or d
 
 
-SAMPLING_TYPES = ("negative_prompt", "sld")
-
-
-def check_sampling(spec) -> None:
-    """UserError unless `spec` is a sampling change this igmu can honour."""
-    kind = spec.get("type") if isinstance(spec, dict) else None
-    if kind not in SAMPLING_TYPES:
-        raise UserError(f"artifact asks for sampling of type {kind!r}, which this igmu does not know "
-                        f"(it knows: {', '.join(SAMPLING_TYPES)})")
-    if kind == "negative_prompt" and not (isinstance(spec.get("negative_prompt"), str) and spec["negative_prompt"]):
-        raise UserError("artifact's negative_prompt sampling has no negative prompt")
-    if kind == "sld":
-        from pydantic import ValidationError
-
-        from .methods.sld import SLDParams
-        try:
-            SLDParams(**spec)
-        except (ValidationError, TypeError) as e:
-            raise UserError(f"artifact's SLD sampling spec is malformed: {str(e).splitlines()[0]}") from None
-
-
-def effective_negative_prompt(user: str | None, spec: dict | None) -> str | None:
-    """The negative prompt to sample with: the user's, the artifact's, or "user, artifact's" when both."""
-    parts = [user] if user else []
-    if spec and spec.get("type") == "negative_prompt":
-        parts.append(spec["negative_prompt"])
-    return ", ".join(parts) or None
-
-
 @torch.no_grad()
 def generate_images(pipe, prompts: list[str], seeds: list[int], settings: GenSettings,
                     batch_size: int = DEFAULT_BATCH, progress=None) -> np.ndarray:
     """One image per (prompt, seed) pair; returns uint8 N x H x W x 3.
 
-    Honours the pipeline's inference-time change, if any (`pipe.igmu_sampling`, see the module docstring).
+    Honours the pipeline's inference-time change, if any (`pipe.igmu_sampler`, see the module docstring).
     """
+    from .diffusion.sampling import pipeline_images
+
     settings.validate()
     h, w = _size(pipe, settings)
     dev = pipe.device
     dtype = pipe.unet.dtype
-    spec = getattr(pipe, "igmu_sampling", None)
-    if spec:
-        check_sampling(spec)
-    negative = effective_negative_prompt(settings.negative_prompt, spec)
+    sample = getattr(pipe, "igmu_sampler", None) or pipeline_images
     out = []
     for i in range(0, len(prompts), batch_size):
         ps, ss = prompts[i:i + batch_size], seeds[i:i + batch_size]
         lat = torch.cat([initial_noise(pipe, s, h, w) for s in ss]).to(dev, dtype)
-        neg = [negative] * len(ps) if negative else None
-        if spec and spec["type"] == "sld":
-            from .methods.sld import sld_sample
-            images = sld_sample(pipe, ps, neg, lat, settings.steps, settings.guidance, h, w, spec)
-        else:
-            images = pipe(prompt=ps, negative_prompt=neg, latents=lat, num_inference_steps=settings.steps,
-                          guidance_scale=settings.guidance, height=h, width=w, output_type="np").images
+        neg = [settings.negative_prompt] * len(ps) if settings.negative_prompt else None
+        images = sample(pipe, ps, neg, lat, settings.steps, settings.guidance, h, w)
         out.append((np.asarray(images) * 255).round().clip(0, 255).astype(np.uint8))
         if progress:
             progress(len(ps))
@@ -150,7 +113,7 @@ def run_generate(model: str, prompts: list[str], n: int, seed: int, settings: Ge
     """Generate n images per prompt into out/ (PNGs + generations.jsonl), atomically."""
     from PIL import Image
 
-    from .models.load import load_pipeline
+    from .artifacts import load_model
     from .utils.io import atomic_dir, check_writable_dir
 
     if n < 1:
@@ -165,7 +128,7 @@ def run_generate(model: str, prompts: list[str], n: int, seed: int, settings: Ge
     if out.exists() and out.is_dir() and any(out.iterdir()) and not (out / "generations.jsonl").exists():
         raise UserError(f"--out {out} is a non-empty folder that igmu did not write; choose an empty or new folder")
     check_writable_dir(out.parent if not out.exists() else out)
-    pipe = load_pipeline(model)
+    pipe = load_model(model)
     h, w = _size(pipe, settings)
     pairs = [(i, p, j) for i, p in enumerate(prompts) for j in range(n)]
     progress = progress_factory(len(pairs)) if progress_factory else None

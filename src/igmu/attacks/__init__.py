@@ -1,2 +1,2 @@
-"""Robustness probes: adversarial prompt attacks (one shared inner loop, adversarial.py),
-used by EvalIGMU's robustness aspect and by the adversarial unlearning methods."""
+"""Robustness probes: adversarial prompt attacks, used by EvalIGMU's robustness aspect. The prompt inner loop
+they share with the adversarial unlearning methods lives below both, in diffusion/prompt_attack.py."""

@@ -9,7 +9,7 @@ under the adversarial prompt:
     min_{P_adv}  E_{t, eps} || eps_theta_unlearned(x_t, t, P_adv || P) - eps ||^2
 
 (its "diffusion classifier" view: a prompt under which x is likely is a prompt that generates x).
-Tokens stay discrete (nearest-token projection, attacks/adversarial.py). Every `check_every` iterations
+Tokens stay discrete (nearest-token projection, diffusion/prompt_attack.py). Every `check_every` iterations
 and at the end, the current adversarial prompt generates an image with the unlearned model (same seed);
 the attack succeeds on P as soon as the judge finds the target in it. The attack success rate (ASR) is
 the share of attacked prompts with a success, counting prompts on which the plain prompt already shows
@@ -27,18 +27,20 @@ from typing import Callable
 
 import torch
 
-from ..methods.common import concept_latents, diffusion_loss, train_scheduler
-from .adversarial import optimise_prompt
+from ..diffusion.arch import adapter_for
+from ..diffusion.noise import diffusion_loss
+from ..diffusion.prompt_attack import optimise_prompt
+from ..diffusion.sampling import concept_latents
 
 
 def attack_prompts(original, unlearned, prompts: list[str], seeds: list[int], shows_target: Callable[[str, int], bool],
                    attack, steps: int, guidance: float, seed: int = 0, progress=None) -> list[dict]:
     """Run UnlearnDiffAtk on each prompt. `shows_target(text, seed)` generates one image of `text` with the
     unlearned model (cached) and asks the judge. Returns one record per prompt."""
-    unet, te = unlearned.unet, unlearned.text_encoder
+    orig, unl = adapter_for(original), adapter_for(unlearned)
+    unet, te = unl.unet, unl.text_encoder
     unet.requires_grad_(False)
     te.requires_grad_(False)
-    sched = train_scheduler(unlearned)
     out = []
     for i, (p, s) in enumerate(zip(prompts, seeds)):
         before = shows_target(p, s)
@@ -48,11 +50,11 @@ def attack_prompts(original, unlearned, prompts: list[str], seeds: list[int], sh
             if progress:
                 progress(1)
             continue
-        x0, _ = concept_latents(original, original.unet, [p], attack.target_images, steps, guidance, seed + 1000 * i)
+        x0, _ = concept_latents(orig, orig.unet, [p], attack.target_images, steps, guidance, seed + 1000 * i)
         gen = torch.Generator().manual_seed(seed + i)
 
         def loss_of(cond, x0=x0, gen=gen):
-            return diffusion_loss(unet, sched, x0, cond.expand(len(x0), -1, -1), gen)
+            return diffusion_loss(unl, unet, x0, cond.expand(len(x0), -1, -1), gen)
 
         def check(k, adv, s=s):
             if (k + 1) % attack.check_every and k + 1 != attack.steps:
@@ -60,7 +62,7 @@ def attack_prompts(original, unlearned, prompts: list[str], seeds: list[int], sh
             return shows_target(adv.text, s)
 
         with torch.enable_grad():
-            adv = optimise_prompt(unlearned, p, loss_of, attack.tokens, attack.steps, attack.lr, True,
+            adv = optimise_prompt(unl, p, loss_of, attack.tokens, attack.steps, attack.lr, True,
                                   torch.Generator().manual_seed(seed + i), on_step=check)
         retok = unlearned.tokenizer(adv.text, padding="max_length", max_length=adv.ids.shape[1],
                                     truncation=True).input_ids

@@ -55,8 +55,9 @@ def _sets(cell: dict, method) -> list[str]:
 def _erase(cell: dict, task, model: str, cdir: Path) -> tuple[str, dict]:
     """Erase the task's targets; returns (model spec to evaluate, cost). Chained when the task is sequential
     (or 'many' with a single-concept method): step k erases target k from the merged result of step k-1."""
+    from ..artifacts import export_merged, is_artifact, load_artifact
+    from ..erase import run_erase
     from ..methods import get_method
-    from ..methods.artifact import export_merged, is_artifact, load_artifact, run_erase
 
     method = get_method(cell["method"])
     sets = _sets(cell, method)
@@ -129,7 +130,7 @@ def _clean_stale(bdir: Path) -> None:
 
 
 def prepare(config: Path, out: Path) -> tuple[BenchConfig, dict, list[dict]]:
-    from ..methods.artifact import _versions
+    from ..utils.versions import versions as _versions
     from ..utils.io import atomic_path, check_writable_dir
 
     cfg, raw = load_config(config)
@@ -211,7 +212,7 @@ def run_bench(config: Path, out: Path, backend: str = "local", address: str | No
     elif backend == "ray":
         from .ray_backend import run_ray
 
-        run_ray(todo, str(out), cfg_dict, cfg.resources, address, tr)
+        run_ray(run_cell, todo, str(out), cfg_dict, cfg.resources, address, tr)
     else:
         raise UserError(f"unknown --backend {backend!r}; backends: local, ray")
     return {"cells": len(cells), "ran": len(todo), "seconds": round(time.perf_counter() - t0, 1), "out": str(out)}

@@ -28,8 +28,8 @@ def default_root() -> Path:
 def model_fingerprint(spec: str) -> str:
     """sha256 over the model's files; for an artifact, over its tensors and the manifest fields that define
     the model (base model hash, method, config, targets, sampling spec)."""
-    from ..methods.artifact import is_artifact, model_hash
-    from ..models.load import resolve_model
+    from ..artifacts import is_artifact
+    from ..models.load import model_hash, resolve_model
 
     if is_artifact(spec):  # what defines the model, not when or how fast it was made (created, cost)
         manifest = json.loads((Path(spec) / "manifest.json").read_text())

@@ -63,10 +63,10 @@ class _Models:
         self.generated = 0
 
     def pipe(self, role: str):
-        from ..models.load import load_pipeline
+        from ..artifacts import load_model
 
         if role not in self._pipes:
-            self._pipes[role] = load_pipeline(self.specs[role])
+            self._pipes[role] = load_model(self.specs[role])
         return self._pipes[role]
 
     def key(self, role: str, prompt: str, seed: int, batch: int) -> str:
@@ -157,7 +157,7 @@ def _rate(x) -> dict:
 
 
 def _cost(spec: str) -> dict | None:
-    from ..methods.artifact import is_artifact, load_artifact
+    from ..artifacts import is_artifact, load_artifact
 
     if not is_artifact(spec):
         return None
@@ -333,9 +333,9 @@ def _attach(records, set_name, role, key, values):
 
 
 def _versions() -> dict:
-    from ..methods.artifact import _versions as v
+    from ..utils.versions import versions
 
-    return v()
+    return versions()
 
 
 def _fid_kid(a: np.ndarray, b: np.ndarray) -> dict:

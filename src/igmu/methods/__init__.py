@@ -1,5 +1,6 @@
 """Unlearning methods: one file per algorithm, registered by name (see base.py)."""
-from .base import REGISTRY, EraseRequest, Eraser, MethodConfig, get_method, register  # noqa: F401
+from ..errors import UserError
+from .base import REGISTRY, EraseRequest, Eraser, MethodConfig, Sampler, get_method, register  # noqa: F401
 
 # one import per method module (each registers itself)
 from . import esd  # noqa: F401,E402
@@ -19,3 +20,13 @@ from . import sa  # noqa: F401,E402
 from . import salun  # noqa: F401,E402
 from . import erasediff  # noqa: F401,E402
 from . import scissorhands  # noqa: F401,E402
+
+
+def sampler_for(spec) -> Sampler:
+    """The sampling hook of an inference-time artifact's spec, from the method registered for its type."""
+    kind = spec.get("type") if isinstance(spec, dict) else None
+    owners = {cls.sampling_type: cls for cls in REGISTRY.values() if cls.kind == "sampling"}
+    if kind not in owners:
+        raise UserError(f"artifact asks for sampling of type {kind!r}, which this igmu does not know "
+                        f"(it knows: {', '.join(sorted(owners))})")
+    return owners[kind]().sampler(spec)

@@ -106,61 +106,18 @@ import torch
 import torch.nn.functional as F
 from pydantic import Field
 
-from ..attacks.adversarial import encode_slots, optimise_prompt, slotted_ids, token_table
+from ..diffusion.arch import adapter_for
+from ..diffusion.prompt_attack import encode_slots, optimise_prompt, slotted_ids
+from ..diffusion.sampling import trajectory_pool
 from ..errors import UserError
 from .base import EraseRequest, Eraser, MethodConfig, register
-from .common import GENERIC_RETAIN, check_request, cross_attentions, encode, generic_retain, sample_latents  # noqa: F401
+from .common import GENERIC_RETAIN, check_request, generic_retain  # noqa: F401
+from .train import Adam, FineTune, text_encoder_parameters
 
 
 def retain_prompts(targets: list[str], preserve: list[str]) -> list[str]:
     """The preserved concepts if any, else the generic retain prompts that share no word with a target."""
     return list(preserve) if preserve else generic_retain(targets)
-
-
-class _Recorder:
-    """Wraps a UNet for sample_latents: remembers the (scaled) latent and timestep of every call."""
-
-    def __init__(self, unet):
-        self.unet, self.seen = unet, []
-
-    def __getattr__(self, name):
-        return getattr(self.unet, name)
-
-    def __call__(self, x, t, **kw):
-        self.seen.append((x[: x.shape[0] // 2].detach().clone(), t))  # cfg_noise batches [x, x]
-        return self.unet(x, t, **kw)
-
-
-@torch.no_grad()
-def trajectory_pool(pipe, unet, cond: torch.Tensor, uncond: torch.Tensor, steps: int, guidance: float,
-                    generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
-    """Every intermediate latent of one guided sampling run per row of `cond` (the pipeline's own sampler).
-
-    Returns (x, t): x is steps x N x C x h x w, x[k] the model input after k sampler steps (what
-    sample_until(..., stop=k) returns for the same noise), and t (steps,) the timestep it sits at."""
-    rec = _Recorder(unet)
-    sample_latents(pipe, rec, cond, uncond.expand(len(cond), -1, -1), steps, guidance, generator)
-    x = torch.stack([s[0] for s in rec.seen])
-    t = torch.stack([torch.as_tensor(s[1]).reshape(()) for s in rec.seen])
-    return x, t
-
-
-def text_encoder_parameters(te, component: str = "all") -> list[tuple[str, torch.nn.Parameter]]:
-    """The official 'text_encoder_full' choice: every parameter of the transformer layers (component 'all',
-    or only the MLPs 'ffn' / self-attentions 'attn') and, for 'all', the final layer norm."""
-    out = []
-    for name, p in te.named_parameters():
-        plain = name[len("text_model."):] if name.startswith("text_model.") else name
-        if plain.startswith("encoder."):
-            pick = {"all": True, "ffn": ".mlp." in plain, "attn": ".self_attn." in plain}[component]
-        else:
-            pick = plain.startswith("final_layer_norm") and component == "all"
-        if pick:
-            out.append((name, p))
-    if not out:
-        raise UserError("this model's text encoder has no CLIP-style transformer layers (encoder.*), "
-                        "so AdvUnlearn has nothing to train")
-    return out
 
 
 class AdvUnlearnConfig(MethodConfig):
@@ -194,92 +151,90 @@ class AdvUnlearn(Eraser):
     Config = AdvUnlearnConfig
 
     def check(self, pipe, req: EraseRequest, cfg: AdvUnlearnConfig):
-        check_request(pipe, req)
-        cross_attentions(pipe.unet)  # the text encoder acts on the image only through cross-attention
-        text_encoder_parameters(pipe.text_encoder, cfg.component)
-        token_table(pipe.text_encoder)
+        a = adapter_for(pipe)
+        check_request(a, req)
+        a.cross_attentions()  # the text encoder acts on the image only through cross-attention
+        text_encoder_parameters(a.text_encoder, cfg.component)
+        a.token_embeddings()
         for t in req.targets:
-            slotted_ids(pipe.tokenizer, t, cfg.adv_prompt_num, [0] * cfg.adv_prompt_num)
+            slotted_ids(a, t, cfg.adv_prompt_num, [0] * cfg.adv_prompt_num)
         if cfg.retain_batch and cfg.retain_loss_w > 0 and not retain_prompts(req.targets, req.preserve):
             raise UserError("every generic retain prompt names a target; give --preserve concepts to retain")
 
     def erase(self, pipe, req: EraseRequest, cfg: AdvUnlearnConfig) -> dict:
-        unet = pipe.unet.eval().requires_grad_(False)
-        orig_te = pipe.text_encoder.eval().requires_grad_(False)
-        te = copy.deepcopy(orig_te)
+        a = adapter_for(pipe)
+        unet = a.unet.eval().requires_grad_(False)
+        orig_te = a.text_encoder.eval().requires_grad_(False)
+        te = copy.deepcopy(orig_te)  # theta: the text encoder being unlearned; the UNet stays the original
         params = text_encoder_parameters(te, cfg.component)
         for _, p in params:
             p.requires_grad_(True)
-        opt = torch.optim.Adam([p for _, p in params], lr=cfg.lr)
         targets = list(req.targets)
         use_retain = cfg.retain_batch > 0 and cfg.retain_loss_w > 0
         retain = retain_prompts(targets, req.preserve) if use_retain else []
         gen = torch.Generator().manual_seed(cfg.seed)
         rng = np.random.default_rng(cfg.seed)
-        tok = pipe.tokenizer
 
         # frozen-model data: trajectories of every target and retain prompt, and the original predictions on them
-        embs, _ = encode(pipe, targets + retain + [""])
+        embs, _ = a.encode(targets + retain + [""])
         null = embs[-1:]
         n_t, n_r, P, R, S = len(targets), len(retain), cfg.pool_size, cfg.retain_pool_size, cfg.sample_steps
         # pool rows: trajectory j of target i at i * P + j, then trajectory j of retain prompt r at n_t * P + r * R + j
         conds = torch.cat([embs[:n_t].repeat_interleave(P, 0), embs[n_t:-1].repeat_interleave(R, 0)])
         owner = torch.cat([torch.arange(n_t).repeat_interleave(P), n_t + torch.arange(n_r).repeat_interleave(R)])
-        xs, ts = trajectory_pool(pipe, unet, conds, null, S, cfg.guidance_scale, gen)
+        xs, ts = trajectory_pool(a, unet, conds, null, S, cfg.guidance_scale, gen)
         with torch.no_grad():
-            e_p = torch.stack([unet(xs[k], ts[k], encoder_hidden_states=conds).sample for k in range(S)])
-            e_0 = torch.stack([unet(xs[k, :n_t * P], ts[k], encoder_hidden_states=null.expand(n_t * P, -1, -1)).sample
+            e_p = torch.stack([a.denoise(unet, xs[k], ts[k], conds) for k in range(S)])
+            e_0 = torch.stack([a.denoise(unet, xs[k, :n_t * P], ts[k], null.expand(n_t * P, -1, -1))
                                for k in range(S)])
-        ids = tok(targets + retain, padding="max_length", max_length=tok.model_max_length, truncation=True,
-                  return_tensors="pt").input_ids
+        ids = a.tokenize(targets + retain)
+        state = {"adv": None, "word": 0}
 
-        advance = self.progress(cfg.iterations)
-        adv = None
-        word = 0
-        for i in range(cfg.iterations):
+        def compute_loss(i):
             if i % cfg.adv_prompt_update_step == 0:
-                word = int(rng.integers(n_t))
+                state["word"] = word = int(rng.integers(n_t))
                 if i >= cfg.warmup_iter:  # inner level: a fresh soft-prompt attack on the current encoder
                     te.requires_grad_(False)
 
                     def attack_loss(hidden, word=word):
                         k, j = int(rng.integers(S)), word * P + int(rng.integers(P))
-                        pred = unet(xs[k, j:j + 1], ts[k], encoder_hidden_states=hidden).sample
-                        return F.mse_loss(pred.float(), e_p[k, j:j + 1].float())
+                        pred = a.denoise(unet, xs[k, j:j + 1], ts[k], hidden)
+                        return F.mse_loss(pred.float(), e_p[k, j:j + 1].float())  # l_atk
 
-                    adv = optimise_prompt(pipe, targets[word], attack_loss, k=cfg.adv_prompt_num,
-                                          steps=cfg.attack_step, lr=cfg.attack_lr, discrete=False, generator=gen,
-                                          text_encoder=te)
+                    state["adv"] = optimise_prompt(a, targets[word], attack_loss, k=cfg.adv_prompt_num,
+                                                   steps=cfg.attack_step, lr=cfg.attack_lr, discrete=False,
+                                                   generator=gen, text_encoder=te)
                     for _, p in params:
                         p.requires_grad_(True)
+            word, adv = state["word"], state["adv"]
             # outer level: ESD loss on the attack (or the plain prompt in warm-up) + gamma * retain loss
             k, j = int(rng.integers(S)), word * P + int(rng.integers(P))
             if i >= cfg.warmup_iter and adv is not None:
-                hidden = encode_slots(te, adv.ids, adv.positions, adv.vectors)
+                hidden = encode_slots(a, adv.ids, adv.positions, adv.vectors, te)
             else:
-                hidden = te(ids[word:word + 1].to(te.device))[0]
+                hidden = a.encode_ids(ids[word:word + 1], te)
             goal = e_0[k, j:j + 1] - cfg.negative_guidance * (e_p[k, j:j + 1] - e_0[k, j:j + 1])
             x_in, c_in = xs[k, j:j + 1], hidden
             if use_retain:
                 pick = torch.as_tensor(rng.choice(n_r * R, size=min(cfg.retain_batch, n_r * R), replace=False)
                                        + n_t * P)
-                r_hidden = te(ids[owner[pick]].to(te.device))[0]
+                r_hidden = a.encode_ids(ids[owner[pick]], te)
                 x_in = torch.cat([x_in, xs[k, pick]])
                 c_in = torch.cat([hidden, r_hidden])
-            pred = unet(x_in, ts[k], encoder_hidden_states=c_in).sample.float()
-            loss_u = F.mse_loss(pred[:1], goal.float())
+            pred = a.denoise(unet, x_in, ts[k], c_in).float()
+            loss_u = F.mse_loss(pred[:1], goal.float())  # l_u
             loss = loss_u
             info = {"erase": loss_u.item()}
             if use_retain:
-                loss_r = F.mse_loss(pred[1:], e_p[k, pick].float())
+                loss_r = F.mse_loss(pred[1:], e_p[k, pick].float())  # l_r
                 loss = loss + cfg.retain_loss_w * loss_r
                 info["retain"] = loss_r.item()
             if adv is not None and i >= cfg.warmup_iter:
                 info["attack"] = adv.losses[-1]
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
-            advance(1, loss=loss.item(), **info)
+            return loss, info
+
+        loop = FineTune(params, Adam(lr=cfg.lr))
+        loop.run(cfg.iterations, compute_loss, self.progress(cfg.iterations))
         te.requires_grad_(False)
         pipe.text_encoder = te
-        return {f"text_encoder.{n}": p.detach().cpu().clone() for n, p in params}
+        return loop.tensors("text_encoder")

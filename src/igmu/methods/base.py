@@ -4,17 +4,23 @@ Two kinds of eraser:
 
 - kind "weights" (the default): `erase(pipe, req, cfg)` returns the tensors it
   changed, keyed `<component>.<parameter name>` (e.g. `unet.down_blocks.0...to_v.weight`).
-  Artifacts (artifact.py) store exactly those tensors plus a manifest.
+  Artifacts (igmu/artifacts.py, written by igmu/erase.py) store exactly those tensors plus a manifest.
 - kind "sampling" (inference-time baselines such as a negative prompt or SLD):
   the weights stay as they are; `sampling(req, cfg)` returns a JSON-able spec
-  `{"type": ..., ...}` of how the pipeline must sample. The artifact stores it
-  in its manifest under "sampling"; `load_pipeline` attaches it to the pipeline
-  as `pipe.igmu_sampling` and `generate.generate_images` honours it.
+  `{"type": <the eraser's sampling_type>, ...}` of how the pipeline must sample.
+  The artifact stores it in its manifest under "sampling". The eraser's
+  `sampler(spec)` turns a spec back into a sampling hook (a `Sampler`); the
+  registry finds the eraser by the spec's type (methods.sampler_for), and
+  artifacts.load_model attaches the hook to the pipeline as `pipe.igmu_sampler`,
+  which `generate.generate_images` calls instead of the plain pipeline. So
+  generation reaches inference-time methods only through the registry.
 """
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import ClassVar
+from typing import ClassVar, Protocol
+
+import numpy as np
 
 import yaml
 from pydantic import BaseModel, ConfigDict, ValidationError
@@ -34,6 +40,16 @@ class EraseRequest:
     preserve: list[str] = field(default_factory=list)
 
 
+class Sampler(Protocol):
+    """An inference-time method's sampling hook: images for prompts from given initial latents, as the plain
+    pipeline call `pipe(prompt, negative_prompt, latents, num_inference_steps, guidance_scale, height, width)`
+    would make them (float N x H x W x 3 in [0, 1]), with the method's change. `negative_prompts`: the user's
+    (one per prompt), or None."""
+
+    def __call__(self, pipe, prompts: list[str], negative_prompts: list[str] | None, latents, steps: int,
+                 guidance: float, height: int, width: int) -> np.ndarray: ...
+
+
 class Eraser:
     name: ClassVar[str]
     summary: ClassVar[str]  # one line on the mechanism
@@ -41,6 +57,7 @@ class Eraser:
     source: ClassVar[str]  # paper and official code
     multi_concept: ClassVar[bool] = False
     kind: ClassVar[str] = "weights"  # "weights": erase() gives changed tensors; "sampling": sampling() gives a spec
+    sampling_type: ClassVar[str | None] = None  # sampling kind: the "type" of its specs
     unet_passes_per_step: ClassVar[int] = 2  # sampling kind: UNet batch per step (plain CFG: 2), an inference cost
     Config: ClassVar[type[MethodConfig]] = MethodConfig
 
@@ -59,7 +76,11 @@ class Eraser:
         raise NotImplementedError
 
     def sampling(self, req: EraseRequest, cfg) -> dict:
-        """kind "sampling": a JSON-able spec {"type": <a type generate.SAMPLING_TYPES knows>, ...}."""
+        """kind "sampling": a JSON-able spec {"type": self.sampling_type, ...}."""
+        raise NotImplementedError
+
+    def sampler(self, spec: dict) -> Sampler:
+        """kind "sampling": the sampling hook for a spec this eraser made (UserError if the spec is malformed)."""
         raise NotImplementedError
 
 

@@ -82,10 +82,12 @@ import torch
 import torch.nn.functional as F
 from pydantic import Field
 
-from ..errors import UserError
+from ..diffusion.arch import adapter_for
+from ..diffusion.noise import diffusion_loss, diffusion_target, noised
+from ..diffusion.sampling import concept_latents
 from .base import EraseRequest, Eraser, MethodConfig, register
-from .common import (anchor_text, changed_tensors, check_request, concept_latents, cross_attentions, diffusion_loss,
-                     diffusion_target, encode, train_scheduler)
+from .common import anchor_text, check_request
+from .train import AdamW, EpochSampler, FineTune, freeze_except, parameter_group
 
 
 class CAConfig(MethodConfig):
@@ -107,77 +109,26 @@ class CAConfig(MethodConfig):
     seed: int = 0
 
 
-# ---- pieces shared with SA and DoCo ---------------------------------------------------------------------------
-
-def unet_parameters(unet, group: str) -> list[tuple[str, torch.nn.Parameter]]:
-    """UNet parameters of a fine-tuning group: 'crossattn_kv' (attn2.to_k / attn2.to_v, the official
-    Concept Ablation and DoCo "cross-attn" group), 'xattn' (every parameter inside attn2), 'noxattn'
-    (everything else except the time embedding and the output layers, as Selective Amnesia's official
-    ddpm_forget.py: name not in attn2, 'time_embed' or 'out.'), 'full' (all)."""
-    named = list(unet.named_parameters())
-    if group == "crossattn_kv":
-        out = [(n, p) for n, p in named if ".attn2.to_k." in f".{n}" or ".attn2.to_v." in f".{n}"]
-    elif group == "xattn":
-        out = [(n, p) for n, p in named if ".attn2." in f".{n}"]
-    elif group == "noxattn":
-        out = [(n, p) for n, p in named if ".attn2." not in f".{n}"
-               and not n.startswith(("time_embedding.", "conv_norm_out.", "conv_out."))]
-    elif group == "full":
-        out = named
-    else:
-        raise UserError(f"unknown parameter group {group!r}")
-    if not out:
-        raise UserError(f"this model has no parameters of group {group!r} to fine-tune")
-    return out
-
+# ---- pieces shared with DoCo (and SA) -------------------------------------------------------------------------
 
 def check_finetune(pipe, req: EraseRequest, group: str) -> None:
     """CA's and DoCo's request check: the concepts, and a UNet that has the parameter group to train."""
-    check_request(pipe, req)
+    a = adapter_for(pipe)
+    check_request(a, req)
     if group != "full":
-        cross_attentions(pipe.unet)
-    unet_parameters(pipe.unet, group)
+        a.cross_attentions()
+    parameter_group(a.unet, group)
 
 
-def start_training(unet, params: list[tuple[str, torch.nn.Parameter]]):
-    """Freeze `unet` except `params`."""
-    unet.eval().requires_grad_(False)
-    for _, p in params:
-        p.requires_grad_(True)
-
-
-class EpochSampler:
-    """Mini-batches of indices into n items, reshuffled each epoch (a DataLoader with shuffle=True)."""
-
-    def __init__(self, n: int, generator: torch.Generator):
-        self.n, self.gen, self.order = n, generator, []
-
-    def take(self, k: int) -> torch.Tensor:
-        out = []
-        while len(out) < k:
-            if not self.order:
-                self.order = torch.randperm(self.n, generator=self.gen).tolist()
-            out.append(self.order.pop(0))
-        return torch.tensor(out)
-
-
-def noised(sched, x0: torch.Tensor, generator: torch.Generator):
-    """(x_t, t, noise) with t ~ U{0..T-1} and eps ~ N(0, I) per latent (the training forward process)."""
-    t = torch.randint(0, sched.config.num_train_timesteps, (x0.shape[0],), generator=generator)
-    noise = torch.randn(x0.shape, generator=generator).to(x0)
-    t = t.to(x0.device)
-    return sched.add_noise(x0, noise, t), t, noise
-
-
-def anchor_data(pipe, unet, req: EraseRequest, n_images: int, n_preserve: int, steps: int, guidance: float,
+def anchor_data(pipe, model, req: EraseRequest, n_images: int, n_preserve: int, steps: int, guidance: float,
                 seed: int):
     """Latents of the anchor (n_images) and of each preserved concept (n_preserve each), drawn by the frozen
     model, with the prompt index of each: 0 is the anchor, 1.. the preserved concepts."""
     anchor = anchor_text(req)
-    x_a, _ = concept_latents(pipe, unet, [anchor], n_images, steps, guidance, seed)
+    x_a, _ = concept_latents(pipe, model, [anchor], n_images, steps, guidance, seed)
     which = [0] * len(x_a)
     if req.preserve:
-        x_p, w = concept_latents(pipe, unet, list(req.preserve), n_preserve, steps, guidance, seed + 1)
+        x_p, w = concept_latents(pipe, model, list(req.preserve), n_preserve, steps, guidance, seed + 1)
         x_a = torch.cat([x_a, x_p])
         which += [i + 1 for i in w]
     return x_a, torch.tensor(which), [anchor] + list(req.preserve)
@@ -198,46 +149,44 @@ class CA(Eraser):
         check_finetune(pipe, req, cfg.parameter_group)
 
     def erase(self, pipe, req: EraseRequest, cfg: CAConfig) -> dict:
-        unet = pipe.unet.eval().requires_grad_(False)
+        a = adapter_for(pipe)
+        unet = a.unet.eval().requires_grad_(False)
         frozen = copy.deepcopy(unet) if cfg.anchor_model == "frozen" else None
         n_t = len(req.targets)
         advance = self.progress(2 + cfg.iterations)
-        x, which, prompts = anchor_data(pipe, unet, req, cfg.n_images, cfg.n_preserve_images, cfg.sample_steps,
+        x, which, prompts = anchor_data(a, unet, req, cfg.n_images, cfg.n_preserve_images, cfg.sample_steps,
                                         cfg.guidance_scale, cfg.seed)
         advance(2)
-        embs = encode(pipe, list(req.targets) + prompts)[0].to(unet.device, unet.dtype)
+        embs = a.encode(list(req.targets) + prompts)[0].to(unet.device, unet.dtype)
         e_tgt, e_pool = embs[:n_t], embs[n_t:]  # e_pool[0]: the anchor
         is_anchor = (which == 0).nonzero().flatten()
-        params = unet_parameters(unet, cfg.parameter_group)
-        before = {n: p.detach().clone() for n, p in params}
-        start_training(unet, params)
-        opt = torch.optim.AdamW([p for _, p in params], lr=cfg.lr, betas=(0.9, 0.999),
-                                weight_decay=cfg.weight_decay, eps=1e-8)
-        sched = train_scheduler(pipe)
+        params = parameter_group(unet, cfg.parameter_group)
+        freeze_except(unet, params)
+        sched = a.train_scheduler
         gen = torch.Generator().manual_seed(cfg.seed)
         abl_batches, prior_batches = EpochSampler(len(is_anchor), gen), EpochSampler(len(x), gen)
+
+        def compute_loss(_step):
+            x0 = x[is_anchor[abl_batches.take(cfg.batch_size)]]  # images of the anchor c*
+            pick = torch.randint(0, n_t, (len(x0),), generator=gen)
+            xt, t, noise = noised(sched, x0, gen)
+            pred = a.denoise(unet, xt, t, e_tgt[pick])  # Phi(x_t, c, t)
+            if cfg.loss == "model-based":  # sg[Phi(x_t, c*, t)]
+                with torch.no_grad():
+                    ref = a.denoise(frozen or unet, xt, t, e_pool[:1].expand(len(x0), -1, -1))
+            else:  # the diffusion target y(x, eps, t)
+                ref = diffusion_target(sched, x0, noise, t)
+            loss_abl = F.mse_loss(pred.float(), ref.float())
+            loss = loss_abl
+            if cfg.prior_loss_weight > 0:  # + w_prior L_prior on anchor (and preserved) images, own prompts
+                j = prior_batches.take(cfg.batch_size)
+                loss = loss + cfg.prior_loss_weight * diffusion_loss(a, unet, x[j], e_pool[which[j]], gen)
+            return loss, {"ablation": loss_abl.item()}
+
+        loop = FineTune(params, AdamW(lr=cfg.lr, betas=(0.9, 0.999), weight_decay=cfg.weight_decay, eps=1e-8),
+                        max_grad_norm=cfg.max_grad_norm, snapshot=True)
         try:
-            for _ in range(cfg.iterations):
-                x0 = x[is_anchor[abl_batches.take(cfg.batch_size)]]
-                pick = torch.randint(0, n_t, (len(x0),), generator=gen)
-                xt, t, noise = noised(sched, x0, gen)
-                pred = unet(xt, t, encoder_hidden_states=e_tgt[pick]).sample
-                if cfg.loss == "model-based":
-                    with torch.no_grad():
-                        ref = (frozen or unet)(xt, t, encoder_hidden_states=e_pool[:1].expand(len(x0), -1, -1)).sample
-                else:
-                    ref = diffusion_target(sched, x0, noise, t)
-                loss_abl = F.mse_loss(pred.float(), ref.float())
-                loss = loss_abl
-                if cfg.prior_loss_weight > 0:
-                    j = prior_batches.take(cfg.batch_size)
-                    loss_prior = diffusion_loss(unet, sched, x[j], e_pool[which[j]], gen)
-                    loss = loss + cfg.prior_loss_weight * loss_prior
-                opt.zero_grad(set_to_none=True)
-                loss.backward()
-                torch.nn.utils.clip_grad_norm_([p for _, p in params], cfg.max_grad_norm)
-                opt.step()
-                advance(1, loss=loss.item(), ablation=loss_abl.item())
+            loop.run(cfg.iterations, compute_loss, advance)
         finally:
             unet.requires_grad_(False)
-        return changed_tensors(params, before)
+        return loop.changed("unet")

@@ -74,9 +74,10 @@ import torch
 import torch.nn.functional as F
 from pydantic import Field
 
+from ..diffusion.arch import adapter_for
+from ..diffusion.sampling import sample_latents
 from ..errors import UserError
 from .base import EraseRequest, Eraser, MethodConfig, register
-from .common import check_prompt, encode, sample_latents
 
 
 class ConceptPruneConfig(MethodConfig):
@@ -136,17 +137,16 @@ class _ActivationNorms:
 @torch.no_grad()
 def _observe(pipe, layers, conds, uncond, noise, cfg, advance) -> _ActivationNorms:
     """Run the first tau sampler steps for each prompt (rows of conds) from its noise, recording FFN-2 inputs."""
-    unet = pipe.unet
     rec = _ActivationNorms(layers)
 
-    def on_step(k, _t):  # label the activations recorded during step k
+    def on_step(k, _t, _x):  # label the activations recorded during step k
         rec.step = k
         advance(1)
 
     with rec:
         for start in range(0, conds.shape[0], 4):
             cond = conds[start:start + 4]
-            sample_latents(pipe, unet, cond, uncond.expand(len(cond), -1, -1), cfg.sample_steps, cfg.guidance_scale,
+            sample_latents(pipe, None, cond, uncond.expand(len(cond), -1, -1), cfg.sample_steps, cfg.guidance_scale,
                            noise=noise[start:start + 4], stop=cfg.timesteps, on_step=on_step)
     return rec
 
@@ -172,40 +172,41 @@ class ConceptPrune(Eraser):
     Config = ConceptPruneConfig
 
     def check(self, pipe, req: EraseRequest, cfg: ConceptPruneConfig):
-        ffn_layers(pipe.unet)
+        a = adapter_for(pipe)
+        ffn_layers(a.unet)
         if cfg.timesteps > cfg.sample_steps:
             raise UserError(f"conceptprune timesteps ({cfg.timesteps}) cannot exceed sample_steps ({cfg.sample_steps})")
         for c in cfg.contexts:
             if "{}" not in c:
                 raise UserError(f"conceptprune context {c!r} has no {{}} where the target goes")
         for t in req.targets:
-            check_prompt(pipe, t, "target")
+            a.check_prompt(t, "target")
             for c in cfg.contexts:
-                check_prompt(pipe, _fill(c, t), "target prompt")
+                a.check_prompt(_fill(c, t), "target prompt")
         if req.anchor and req.anchor.strip():
             for c in cfg.contexts:
-                check_prompt(pipe, _fill(c, req.anchor.strip()), "reference prompt")
+                a.check_prompt(_fill(c, req.anchor.strip()), "reference prompt")
 
     @torch.no_grad()
     def erase(self, pipe, req: EraseRequest, cfg: ConceptPruneConfig) -> dict:
-        unet = pipe.unet.eval()
+        a = adapter_for(pipe)
+        unet = a.unet.eval()
         layers = ffn_layers(unet)
         dev, dtype = unet.device, unet.dtype
         anchor = req.anchor.strip() if req.anchor and req.anchor.strip() else ""
         ctx = [cfg.contexts[k % len(cfg.contexts)] for k in range(cfg.samples)]
         ref_prompts = [_fill(c, anchor) for c in ctx]
-        size, ch = unet.config.sample_size, unet.config.in_channels
-        noise = torch.cat([torch.randn((1, ch, size, size), generator=torch.Generator().manual_seed(cfg.seed + k))
+        noise = torch.cat([torch.randn(a.latent_shape(1), generator=torch.Generator().manual_seed(cfg.seed + k))
                            for k in range(cfg.samples)])  # pair k: the same seed for target and reference
-        uncond = encode(pipe, [""])[0].to(dev, dtype)
+        uncond = a.encode([""])[0].to(dev, dtype)
         runs = -(-cfg.samples // 4) * cfg.timesteps
         advance = self.progress((len(req.targets) + 1) * runs)
 
-        ref = _observe(pipe, layers, encode(pipe, ref_prompts)[0].to(dev, dtype), uncond, noise, cfg, advance)
+        ref = _observe(a, layers, a.encode(ref_prompts)[0].to(dev, dtype), uncond, noise, cfg, advance)
         masks = {n: torch.zeros(m.weight.shape, dtype=torch.bool) for n, m in layers}
         for target in req.targets:
             tgt_prompts = [_fill(c, target) for c in ctx]
-            tgt = _observe(pipe, layers, encode(pipe, tgt_prompts)[0].to(dev, dtype), uncond, noise, cfg, advance)
+            tgt = _observe(a, layers, a.encode(tgt_prompts)[0].to(dev, dtype), uncond, noise, cfg, advance)
             for name, lin in layers:
                 count = torch.zeros(lin.weight.shape, dtype=torch.int32)
                 for k in range(cfg.timesteps):

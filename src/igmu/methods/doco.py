@@ -88,10 +88,12 @@ import torch
 import torch.nn.functional as F
 from pydantic import Field
 
+from ..diffusion.arch import adapter_for
+from ..diffusion.noise import diffusion_loss, noised, predicted_x0
 from ..errors import UserError
 from .base import EraseRequest, Eraser, MethodConfig, register
-from .ca import EpochSampler, anchor_data, check_finetune, noised, start_training, unet_parameters
-from .common import changed_tensors, diffusion_loss, encode, train_scheduler
+from .ca import anchor_data, check_finetune
+from .train import AdamW, EpochSampler, FineTune, freeze_except, parameter_group
 
 
 class DoCoConfig(MethodConfig):
@@ -138,16 +140,6 @@ def clip_grads(grads: list[torch.Tensor | None], max_norm: float) -> list[torch.
     total = torch.stack(sq).sum().sqrt() if sq else torch.zeros(())
     scale = min(1.0, max_norm / (float(total) + 1e-6))
     return [None if g is None else g * scale for g in grads]
-
-
-def predicted_x0(sched, xt: torch.Tensor, out: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
-    """The clean latent a model output implies (DDPM's pred_original_sample):
-    epsilon: (x_t - sqrt(1 - abar_t) eps) / sqrt(abar_t);  v: sqrt(abar_t) x_t - sqrt(1 - abar_t) v."""
-    ab = sched.alphas_cumprod.to(xt.device)[t].to(xt.dtype).view(-1, *([1] * (xt.dim() - 1)))
-    kind = getattr(sched.config, "prediction_type", "epsilon")
-    if kind == "v_prediction":
-        return ab.sqrt() * xt - (1 - ab).sqrt() * out
-    return (xt - (1 - ab).sqrt() * out) / ab.sqrt()  # diffusion_target has already refused other kinds
 
 
 class PatchDiscriminator(torch.nn.Module):
@@ -198,67 +190,74 @@ class DoCo(Eraser):
                             "the UNet trains only after the discriminator's warm-up")
 
     def erase(self, pipe, req: EraseRequest, cfg: DoCoConfig) -> dict:
-        unet = pipe.unet.eval().requires_grad_(False)
-        frozen = copy.deepcopy(unet)
+        a = adapter_for(pipe)
+        unet = a.unet.eval().requires_grad_(False)
+        frozen = copy.deepcopy(unet)  # the original model, for the anchor's domain
         n_t = len(req.targets)
         advance = self.progress(2 + cfg.iterations)
-        x, which, prompts = anchor_data(pipe, unet, req, cfg.n_images, cfg.n_preserve_images, cfg.sample_steps,
+        x, which, prompts = anchor_data(a, unet, req, cfg.n_images, cfg.n_preserve_images, cfg.sample_steps,
                                         cfg.guidance_scale, cfg.seed)
         advance(2)
-        embs = encode(pipe, list(req.targets) + prompts)[0].to(unet.device, unet.dtype)
+        embs = a.encode(list(req.targets) + prompts)[0].to(unet.device, unet.dtype)
         e_tgt, e_pool = embs[:n_t], embs[n_t:]
         is_anchor = (which == 0).nonzero().flatten()
-        params = unet_parameters(unet, cfg.parameter_group)
-        before = {n: p.detach().clone() for n, p in params}
-        start_training(unet, params)
+        params = parameter_group(unet, cfg.parameter_group)
+        freeze_except(unet, params)
         weights = [p for _, p in params]
-        opt = torch.optim.AdamW(weights, lr=cfg.lr, betas=(0.9, 0.999), weight_decay=cfg.weight_decay, eps=1e-8)
         gen = torch.Generator().manual_seed(cfg.seed)
-        size = unet.config.sample_size
-        disc = PatchDiscriminator(unet.config.in_channels, size if isinstance(size, int) else min(size), gen)
+        disc = PatchDiscriminator(a.in_channels, min(a.sample_size), gen)
         disc.train()
-        opt_d = torch.optim.Adam(disc.parameters(), lr=cfg.d_lr, betas=(0.5, 0.999))
-        sched = train_scheduler(pipe)
+        opt_d = torch.optim.Adam(disc.parameters(), lr=cfg.d_lr, betas=(0.5, 0.999))  # official DoCo/gan.py
+        sched = a.train_scheduler
         bce = F.binary_cross_entropy_with_logits
         abl_batches, prior_batches = EpochSampler(len(is_anchor), gen), EpochSampler(len(x), gen)
+        step_data = {}
+
+        def compute_loss(step):
+            x0 = x[is_anchor[abl_batches.take(cfg.batch_size)]]  # images of the anchor
+            pick = torch.randint(0, n_t, (len(x0),), generator=gen)
+            xt, t, _ = noised(sched, x0, gen)
+            train_g = step >= cfg.warm_up  # the discriminator trains alone during the warm-up
+            with torch.set_grad_enabled(train_g):
+                x0_u = predicted_x0(sched, xt, a.denoise(unet, xt, t, e_tgt[pick]), t)  # target, model being unlearned
+            with torch.no_grad():
+                ref = a.denoise(frozen, xt, t, e_pool[:1].expand(len(x0), -1, -1))
+                x0_a = predicted_x0(sched, xt, ref, t)  # anchor, original model
+            step_data.update(x0_u=x0_u, x0_a=x0_a, info={})
+            if not train_g:
+                return None
+            d_out = disc(x0_u)
+            return bce(d_out, torch.zeros_like(d_out))  # the generator's adversarial loss: be taken for the anchor
+
+        def backward(loss_adv):
+            """Concept-preserving gradient: clip each gradient, project out the conflict with the prior loss."""
+            info = step_data["info"]
+            g = clip_grads(list(torch.autograd.grad(loss_adv, weights, allow_unused=True)), cfg.max_grad_norm)
+            if cfg.surgery or cfg.prior_loss_weight > 0:
+                j = prior_batches.take(cfg.batch_size)
+                loss_prior = diffusion_loss(a, unet, x[j], e_pool[which[j]], gen)
+                g_p = clip_grads(list(torch.autograd.grad(loss_prior, weights, allow_unused=True)), cfg.max_grad_norm)
+                if cfg.surgery:
+                    g = project_conflicting(g, g_p, cfg.surgery_strength)
+                if cfg.prior_loss_weight > 0:
+                    g = [u if v is None else (v * cfg.prior_loss_weight if u is None else u + cfg.prior_loss_weight * v)
+                         for u, v in zip(g, g_p)]
+                info["prior"] = loss_prior.item()
+            for p, gi in zip(weights, g):
+                p.grad = gi
+
+        def discriminator_step(_step):
+            d_real, d_fake = disc(step_data["x0_a"]), disc(step_data["x0_u"].detach())
+            loss_d = bce(d_real, torch.zeros_like(d_real)) + bce(d_fake, torch.ones_like(d_fake))
+            opt_d.zero_grad(set_to_none=True)
+            loss_d.backward()
+            opt_d.step()
+            step_data["info"]["loss_d"] = loss_d.item()
+
+        loop = FineTune(params, AdamW(lr=cfg.lr, betas=(0.9, 0.999), weight_decay=cfg.weight_decay, eps=1e-8),
+                        backward=backward, after_step=discriminator_step, snapshot=True)
         try:
-            for step in range(cfg.iterations):
-                x0 = x[is_anchor[abl_batches.take(cfg.batch_size)]]
-                pick = torch.randint(0, n_t, (len(x0),), generator=gen)
-                xt, t, _ = noised(sched, x0, gen)
-                train_g = step >= cfg.warm_up
-                with torch.set_grad_enabled(train_g):
-                    x0_u = predicted_x0(sched, xt, unet(xt, t, encoder_hidden_states=e_tgt[pick]).sample, t)
-                with torch.no_grad():
-                    ref = frozen(xt, t, encoder_hidden_states=e_pool[:1].expand(len(x0), -1, -1)).sample
-                    x0_a = predicted_x0(sched, xt, ref, t)
-                info = {}
-                if train_g:
-                    d_out = disc(x0_u)
-                    loss_adv = bce(d_out, torch.zeros_like(d_out))
-                    g = clip_grads(list(torch.autograd.grad(loss_adv, weights, allow_unused=True)), cfg.max_grad_norm)
-                    if cfg.surgery or cfg.prior_loss_weight > 0:
-                        j = prior_batches.take(cfg.batch_size)
-                        loss_prior = diffusion_loss(unet, sched, x[j], e_pool[which[j]], gen)
-                        g_p = clip_grads(list(torch.autograd.grad(loss_prior, weights, allow_unused=True)),
-                                         cfg.max_grad_norm)
-                        if cfg.surgery:
-                            g = project_conflicting(g, g_p, cfg.surgery_strength)
-                        if cfg.prior_loss_weight > 0:
-                            g = [a if b is None else (b * cfg.prior_loss_weight if a is None
-                                                      else a + cfg.prior_loss_weight * b) for a, b in zip(g, g_p)]
-                        info["prior"] = loss_prior.item()
-                    opt.zero_grad(set_to_none=True)
-                    for p, gi in zip(weights, g):
-                        p.grad = gi
-                    opt.step()
-                    info["adv"] = loss_adv.item()
-                d_real, d_fake = disc(x0_a), disc(x0_u.detach())
-                loss_d = bce(d_real, torch.zeros_like(d_real)) + bce(d_fake, torch.ones_like(d_fake))
-                opt_d.zero_grad(set_to_none=True)
-                loss_d.backward()
-                opt_d.step()
-                advance(1, loss_d=loss_d.item(), **info)
+            loop.run(cfg.iterations, lambda step: (compute_loss(step), step_data["info"]), advance)
         finally:
             unet.requires_grad_(False)
-        return changed_tensors(params, before)
+        return loop.changed("unet")

@@ -70,10 +70,11 @@ import torch
 import torch.nn.functional as F
 from pydantic import Field
 
+from ..diffusion.arch import adapter_for
+from ..diffusion.noise import diffusion_loss, noised
 from .base import EraseRequest, Eraser, MethodConfig, register
-from .common import changed_tensors, diffusion_loss, trainable
-from .salun import (check_unlearning_request, cycling_batches, epoch_batches,
-                    random_label_loss, unlearning_setup)
+from .salun import check_unlearning_request, random_label_loss, unlearning_setup
+from .train import Adam, FineTune, changed_tensors, cycling_batches, epoch_batches, module_parameters
 
 
 class EraseDiffConfig(MethodConfig):
@@ -92,19 +93,18 @@ class EraseDiffConfig(MethodConfig):
     seed: int = 0
 
 
-def uniform_target_loss(unet, sched, x0, cond, generator) -> torch.Tensor:
+def uniform_target_loss(pipe, model, x0, cond, generator) -> torch.Tensor:
     """|| eps(x_t, c_f) - u ||^2 with u ~ U(0, 1) per element: the paper's forgetting objective."""
-    t = torch.randint(0, sched.config.num_train_timesteps, (x0.shape[0],), generator=generator)
-    noise = torch.randn(x0.shape, generator=generator).to(x0)
+    a = adapter_for(pipe)
+    xt, t, _ = noised(a.train_scheduler, x0, generator)
     u = torch.rand(x0.shape, generator=generator).to(x0)
-    out = unet(sched.add_noise(x0, noise, t), t, encoder_hidden_states=cond).sample
-    return F.mse_loss(out.float(), u.float())
+    return F.mse_loss(a.denoise(model, xt, t, cond).float(), u.float())
 
 
 def _params(unet, method: str) -> list[torch.nn.Parameter]:
     if method == "full":
         return list(unet.parameters())
-    return [p for _, p in trainable(unet, method)]
+    return [p for _, p in module_parameters(unet, method)]
 
 
 @register
@@ -121,52 +121,52 @@ class EraseDiff(Eraser):
     def check(self, pipe, req: EraseRequest, cfg: EraseDiffConfig):
         check_unlearning_request(pipe, req)
         if cfg.train_method != "full":
-            trainable(pipe.unet, cfg.train_method)
+            module_parameters(adapter_for(pipe).unet, cfg.train_method)
 
     def erase(self, pipe, req: EraseRequest, cfg: EraseDiffConfig) -> dict:
-        base, data, sched, rng, gen = unlearning_setup(pipe, req, cfg)
+        a, base, data, rng, gen = unlearning_setup(pipe, req, cfg)
 
-        def forget_loss(model, idx):
+        def forget_loss(model, idx):  # f: the forgetting objective on forget images
             x, c = data.forget[idx], data.forget_cond[idx]
             if cfg.forget_target == "uniform":
-                return uniform_target_loss(model, sched, x, c, gen)
-            return random_label_loss(model, sched, x, c, data.pseudo(len(idx), rng), gen)
+                return uniform_target_loss(a, model, x, c, gen)
+            return random_label_loss(a, model, x, c, data.pseudo(len(idx), rng), gen)
 
         unet = copy.deepcopy(base)
         params = _params(unet, cfg.train_method)
         for p in params:
             p.requires_grad_(True)
-        opt = torch.optim.Adam(params, lr=cfg.lr)
+        outer = FineTune(params, Adam(lr=cfg.lr))
         retain = cycling_batches(len(data.retain), cfg.batch_size, rng)
         per_pass = -(-len(data.forget) // cfg.batch_size)
         advance = self.progress(cfg.epochs * per_pass * (cfg.K_steps + 1))
         for _ in range(cfg.epochs):
-            # [1] theta^K: K passes of gradient descent on f, on a copy of theta_i
+            # [1] theta^K: K passes of gradient descent on f, on a copy of theta_i (its own Adam, fresh each epoch)
             inner = copy.deepcopy(unet)
-            inner_params = _params(inner, cfg.train_method)
-            inner_opt = torch.optim.Adam(inner_params, lr=cfg.lr)
-            for _k in range(cfg.K_steps):
-                inner_losses = []
-                for idx in epoch_batches(len(data.forget), cfg.batch_size, rng):
-                    loss = forget_loss(inner, idx)
-                    inner_opt.zero_grad(set_to_none=True)
-                    loss.backward()
-                    inner_opt.step()
-                    inner_losses.append(loss.item())
-                    advance(1, inner=loss.item())
-            f_K = float(np.mean(inner_losses))
-            del inner, inner_opt, inner_params
+            inner_losses, batches = [], []
+
+            def inner_loss(_step, inner=inner, inner_losses=inner_losses, batches=batches):
+                if not batches:
+                    batches.extend(epoch_batches(len(data.forget), cfg.batch_size, rng))
+                loss = forget_loss(inner, batches.pop(0))
+                inner_losses.append(loss.item())
+                return loss
+
+            FineTune(_params(inner, cfg.train_method), Adam(lr=cfg.lr)).run(cfg.K_steps * per_pass, inner_loss,
+                                                                            advance)
+            f_K = float(np.mean(inner_losses[-per_pass:]))
+            del inner
             # [2]-[3] theta_{i+1} = theta_i - xi (grad g + lambda grad q), q = f - f(theta^K)
-            for idx in epoch_batches(len(data.forget), cfg.batch_size, rng):
+            batches = epoch_batches(len(data.forget), cfg.batch_size, rng)
+
+            def outer_loss(_step, batches=batches):
                 r = retain.next()
-                l_r = diffusion_loss(unet, sched, data.retain[r], data.retain_cond[r], gen)
-                q = forget_loss(unet, idx) - f_K
+                l_r = diffusion_loss(a, unet, data.retain[r], data.retain_cond[r], gen)
+                q = forget_loss(unet, batches.pop(0)) - f_K
                 lam = cfg.lambda_bome if cfg.eta is None else self._adaptive_lambda(l_r, q, params, cfg.eta)
-                loss = l_r + lam * q
-                opt.zero_grad(set_to_none=True)
-                loss.backward()
-                opt.step()
-                advance(1, loss=loss.item(), retain=l_r.item(), q=q.item(), lam=float(lam))
+                return l_r + lam * q, {"retain": l_r.item(), "q": q.item(), "lam": float(lam)}
+
+            outer.run(per_pass, outer_loss, advance)
         unet.requires_grad_(False).eval()
         pipe.unet = unet
         return changed_tensors(unet.named_parameters(), dict(base.named_parameters()))

@@ -21,6 +21,7 @@ model being trained.) The sampler is the pipeline's own scheduler, as in esd_sd.
 """
 from __future__ import annotations
 
+import copy
 from typing import Literal
 
 import numpy as np
@@ -28,8 +29,11 @@ import torch
 import torch.nn.functional as F
 from pydantic import Field
 
+from ..diffusion.arch import adapter_for
+from ..diffusion.sampling import sample_until
 from .base import EraseRequest, Eraser, MethodConfig, register
-from .common import check_prompt, encode, sample_until, trainable
+from .common import check_targets
+from .train import Adam, FineTune, module_parameters
 
 
 class ESDConfig(MethodConfig):
@@ -51,37 +55,33 @@ class ESD(Eraser):
     Config = ESDConfig
 
     def check(self, pipe, req: EraseRequest, cfg):
-        for t in req.targets:
-            check_prompt(pipe, t, "target")
+        check_targets(pipe, req)
 
     def erase(self, pipe, req: EraseRequest, cfg: ESDConfig) -> dict:
-        import copy
-
-        base = pipe.unet.eval().requires_grad_(False)
-        esd = copy.deepcopy(base)
-        params = trainable(esd, cfg.train_method)
+        a = adapter_for(pipe)
+        base = a.unet.eval().requires_grad_(False)  # theta*, frozen
+        esd = copy.deepcopy(base)  # theta, trained
+        params = module_parameters(esd, cfg.train_method)
         esd.requires_grad_(False)
         for _, p in params:
             p.requires_grad_(True)
-        opt = torch.optim.Adam([p for _, p in params], lr=cfg.lr)
-        concept = req.targets[0]
-        embs, _ = encode(pipe, [concept, ""])
+        embs, _ = a.encode([req.targets[0], ""])
         cond, null = embs[:1], embs[1:]
         rng = np.random.default_rng(cfg.seed)
-        advance = self.progress(cfg.iterations)
-        for _ in range(cfg.iterations):
+
+        def compute_loss(_step):
+            # x_t: the concept sampled by the frozen model for a random number of the sampler's steps
             stop = int(rng.integers(0, cfg.sample_steps))
             g = torch.Generator().manual_seed(int(rng.integers(0, 2 ** 31)))
-            xt, t = sample_until(pipe, base, cond, null, cfg.sample_steps, stop, cfg.guidance_scale, g)
+            xt, t = sample_until(a, base, cond, null, cfg.sample_steps, stop, cfg.guidance_scale, g)
             with torch.no_grad():
-                e_c = base(xt, t, encoder_hidden_states=cond).sample
-                e_0 = base(xt, t, encoder_hidden_states=null).sample
-                target = e_0 - cfg.negative_guidance * (e_c - e_0)
-            loss = F.mse_loss(esd(xt, t, encoder_hidden_states=cond).sample, target)
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
-            advance(1, loss=loss.item())
+                e_c = a.denoise(base, xt, t, cond)  # eps_theta*(x_t, c, t)
+                e_0 = a.denoise(base, xt, t, null)  # eps_theta*(x_t, t)
+                target = e_0 - cfg.negative_guidance * (e_c - e_0)  # eq. 4
+            return F.mse_loss(a.denoise(esd, xt, t, cond), target)
+
+        loop = FineTune(params, Adam(lr=cfg.lr))
+        loop.run(cfg.iterations, compute_loss, self.progress(cfg.iterations))
         esd.requires_grad_(False)
         pipe.unet = esd
-        return {f"unet.{n}": p.detach().cpu().clone() for n, p in params}
+        return loop.tensors("unet")

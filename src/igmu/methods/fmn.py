@@ -81,9 +81,13 @@ from typing import Literal
 import torch
 from pydantic import Field, field_validator
 
+from ..diffusion.arch import adapter_for
+from ..diffusion.attention import record_cross_attention
+from ..diffusion.sampling import sample_latents
+from ..diffusion.tokens import token_positions
 from ..errors import UserError
 from .base import EraseRequest, Eraser, MethodConfig, register
-from .common import check_prompt, cross_attentions, encode, record_cross_attention, sample_latents, token_positions
+from .train import AdamW, FineTune, parameter_group
 
 
 class FMNConfig(MethodConfig):
@@ -107,17 +111,17 @@ class FMNConfig(MethodConfig):
         return v
 
 
-def concept_positions(tokenizer, prompt: str, concept: str, use_pooler: bool) -> torch.Tensor:
+def concept_positions(pipe, prompt: str, concept: str, use_pooler: bool) -> torch.Tensor:
     """Boolean mask over the padded prompt's tokens: every occurrence of the concept's tokens,
     plus the first <|endoftext|> when use_pooler (see the module docstring)."""
-    L = tokenizer.model_max_length
-    ids = tokenizer(prompt, padding="max_length", max_length=L, truncation=True).input_ids
-    mask = torch.zeros(L, dtype=torch.bool)
-    mask[token_positions(ids, tokenizer(concept, add_special_tokens=False).input_ids)] = True
+    a = adapter_for(pipe)
+    ids = a.token_ids(prompt, pad=True)
+    mask = torch.zeros(a.max_length, dtype=torch.bool)
+    mask[token_positions(ids, a.token_ids(concept, special=False))] = True
     if not mask.any():
         raise UserError(f"the tokens of {concept!r} do not appear in the FMN prompt {prompt!r}; check --set template")
-    if use_pooler and tokenizer.eos_token_id in ids:
-        mask[ids.index(tokenizer.eos_token_id)] = True
+    if use_pooler and a.tokenizer.eos_token_id in ids:
+        mask[ids.index(a.tokenizer.eos_token_id)] = True
     return mask
 
 
@@ -132,25 +136,24 @@ class FMN(Eraser):
     Config = FMNConfig
 
     def check(self, pipe, req: EraseRequest, cfg: FMNConfig):
-        cross_attentions(pipe.unet)
+        a = adapter_for(pipe)
+        a.cross_attentions()
         for t in req.targets:
-            check_prompt(pipe, t, "target")
+            a.check_prompt(t, "target")
             prompt = cfg.template.format(t)
-            check_prompt(pipe, prompt, "FMN prompt")
-            concept_positions(pipe.tokenizer, prompt, t, cfg.use_pooler)
+            a.check_prompt(prompt, "FMN prompt")
+            concept_positions(a, prompt, t, cfg.use_pooler)
 
     def erase(self, pipe, req: EraseRequest, cfg: FMNConfig) -> dict:
-        from diffusers import DDPMScheduler
-
-        unet = pipe.unet.eval().requires_grad_(False)
+        a = adapter_for(pipe)
+        unet = a.unet.eval().requires_grad_(False)
         dev = unet.device
         gen = torch.Generator().manual_seed(cfg.seed)
         prompts = [cfg.template.format(t) for t in req.targets]
-        embs, _ = encode(pipe, prompts + [""])
+        embs, _ = a.encode(prompts + [""])
         embs = embs.to(dev, unet.dtype)
         conds, null = embs[:-1], embs[-1:]
-        masks = [concept_positions(pipe.tokenizer, p, t, cfg.use_pooler).to(dev)
-                 for p, t in zip(prompts, req.targets)]
+        masks = [concept_positions(a, p, t, cfg.use_pooler).to(dev) for p, t in zip(prompts, req.targets)]
 
         # reference latents of each concept, drawn from the model itself (see docstring)
         n_gen = -(-cfg.n_images // 4)
@@ -159,49 +162,44 @@ class FMN(Eraser):
         for i in range(len(prompts)):
             for start in range(0, cfg.n_images, 4):
                 n = min(4, cfg.n_images - start)
-                lat, _ = sample_latents(pipe, unet, conds[i:i + 1].expand(n, -1, -1), null.expand(n, -1, -1),
+                lat, _ = sample_latents(a, unet, conds[i:i + 1].expand(n, -1, -1), null.expand(n, -1, -1),
                                         cfg.sample_steps, cfg.guidance_scale, gen)
                 data += [(i, lat[j:j + 1]) for j in range(n)]
                 advance(1)
 
-        if cfg.train_method == "full":
-            params = list(unet.named_parameters())
-        else:  # official only_optimize_ca: every parameter whose name contains 'attn2'
-            params = [(n, p) for n, p in unet.named_parameters() if "attn2" in n]
+        # official only_optimize_ca (xattn): every parameter whose name contains 'attn2'; else the full UNet
+        params = parameter_group(unet, "full" if cfg.train_method == "full" else "xattn")
         for _, p in params:
             p.requires_grad_(True)
-        opt = torch.optim.AdamW([p for _, p in params], lr=cfg.lr, betas=(0.9, 0.999),
-                                weight_decay=cfg.weight_decay, eps=1e-8)
-        noise_sched = DDPMScheduler.from_config(pipe.scheduler.config)
+        noise_sched = a.train_scheduler
         T = noise_sched.config.num_train_timesteps
-
         picked: list[torch.Tensor] = []
         current = {}
+        order: list[int] = []
 
         def sink(_name, probs):  # probs: B x heads x pixels x tokens
             picked.append(probs[..., current["mask"]].reshape(-1))
 
-        order: list[int] = []
+        def compute_loss(_step):
+            nonlocal order
+            if not order:  # a fresh shuffle each epoch, like the official DataLoader(shuffle=True)
+                order = torch.randperm(len(data), generator=gen).tolist()
+            i, x0 = data[order.pop(0)]
+            noise = torch.randn(x0.shape, generator=gen).to(dev, x0.dtype)
+            t = torch.randint(0, T, (1,), generator=gen)
+            xt = noise_sched.add_noise(x0, noise, t.to(dev))
+            current["mask"] = masks[i]
+            picked.clear()
+            a.denoise(unet, xt, t.to(dev), conds[i:i + 1])
+            return torch.cat(picked).norm()  # the attention re-steering loss
+
+        loop = FineTune(params, AdamW(lr=cfg.lr, betas=(0.9, 0.999), weight_decay=cfg.weight_decay, eps=1e-8),
+                        max_grad_norm=cfg.max_grad_norm)
         try:
-            with record_cross_attention(unet, sink):
-                for _ in range(cfg.iterations):
-                    if not order:  # a fresh shuffle each epoch, like the official DataLoader(shuffle=True)
-                        order = torch.randperm(len(data), generator=gen).tolist()
-                    i, x0 = data[order.pop(0)]
-                    noise = torch.randn(x0.shape, generator=gen).to(dev, x0.dtype)
-                    t = torch.randint(0, T, (1,), generator=gen)
-                    xt = noise_sched.add_noise(x0, noise, t.to(dev))
-                    current["mask"] = masks[i]
-                    picked.clear()
-                    unet(xt, t.to(dev), encoder_hidden_states=conds[i:i + 1])
-                    loss = torch.cat(picked).norm()
-                    opt.zero_grad(set_to_none=True)
-                    loss.backward()
-                    torch.nn.utils.clip_grad_norm_([p for _, p in params], cfg.max_grad_norm)
-                    opt.step()
-                    advance(1, loss=loss.item())
+            with record_cross_attention(a, sink, unet):
+                loop.run(cfg.iterations, compute_loss, advance)
         finally:
             picked.clear()
             unet.requires_grad_(False)
         # AdamW updates only parameters that received a gradient; the others are unchanged
-        return {f"unet.{n}": p.detach().cpu().clone() for n, p in params if p.grad is not None}
+        return loop.tensors("unet", updated_only=True)

@@ -110,10 +110,15 @@ import torch
 import torch.nn.functional as F
 from pydantic import Field
 
+from ..diffusion.arch import adapter_for
+from ..diffusion.attention import attention_grid, record_cross_attention
+from ..diffusion.sampling import sample_latents
+from ..diffusion.tokens import token_positions
 from ..errors import UserError
 from .base import EraseRequest, Eraser, MethodConfig, register
-from .common import (check_prompt, closed_form_edit, cross_attentions, encode, record_cross_attention, sample_latents,
-                     token_positions)
+from .common import check_targets, closed_form_edit
+from .lora import inject_lora, lora_delta, lora_parameters, merge_lora
+from .train import AdamW, FineTune
 
 # igmu's own prompt templates (the official code has a fixed list of 30+ per type, or GPT captions)
 OBJECT_TEMPLATES = [
@@ -159,10 +164,6 @@ class MACEConfig(MethodConfig):
     seed: int = 2024  # official configs seed 2024
 
 
-def _ids(tok, text: str, L: int) -> list[int]:
-    return tok(text, truncation=True, max_length=L).input_ids
-
-
 def _shared_positions(a: list[int], b: list[int], L: int) -> tuple[list[int], list[int]]:
     """Aligned positions of the tokens two prompts share: common prefix, common suffix, then padding."""
     p = 0
@@ -177,16 +178,6 @@ def _shared_positions(a: list[int], b: list[int], L: int) -> tuple[list[int], li
     ia += list(range(len(a), L - max(0, -shift)))
     ib += list(range(len(b), L - max(0, shift)))
     return ia, ib
-
-
-def _grid(q: int, size: tuple[int, int]) -> tuple[int, int]:
-    """Height and width of a layer's q query pixels, for a latent of `size` (downsampled by a power of 2)."""
-    f = (size[0] * size[1] / q) ** 0.5
-    for h in (round(size[0] / f), int(size[0] // f), -(-size[0] // f)):
-        h = max(1, int(h))
-        if q % h == 0:
-            return h, q // h
-    raise ValueError(f"cannot lay out {q} attention pixels on a {size} latent")
 
 
 def _importance(n: int) -> np.ndarray:
@@ -208,20 +199,18 @@ class MACE(Eraser):
     Config = MACEConfig
 
     def check(self, pipe, req: EraseRequest, cfg: MACEConfig):
-        for t in req.targets:
-            check_prompt(pipe, t, "target")
+        a = adapter_for(pipe)
+        check_targets(a, req)
         for p in req.preserve:
-            check_prompt(pipe, p, "preserved concept")
+            a.check_prompt(p, "preserved concept")
         if req.anchor and req.anchor.strip():
-            check_prompt(pipe, req.anchor, "anchor")
-        tok = pipe.tokenizer
+            a.check_prompt(req.anchor, "anchor")
         for t in req.targets:
-            if not (token_positions(_ids(tok, TRAIN_PROMPT[cfg.concept_type].format(t), tok.model_max_length),
-                          tok(t, add_special_tokens=False).input_ids)
-                    and self._target_positions(tok, self._prompts(t, cfg), t, False)):
+            if not (token_positions(a.token_ids(TRAIN_PROMPT[cfg.concept_type].format(t)), a.token_ids(t, special=False))
+                    and self._target_positions(a, self._prompts(t, cfg), t, False)):
                 raise UserError(f"target {t!r} is too long for MACE's prompts on this model "
-                                f"(tokenizer takes {tok.model_max_length} tokens); shorten it")
-        cross_attentions(pipe.unet)
+                                f"(tokenizer takes {a.max_length} tokens); shorten it")
+        a.kv_projections()
 
     # ---- data --------------------------------------------------------------------------------------
 
@@ -231,14 +220,14 @@ class MACE(Eraser):
         return [t.format(concept).strip() for t in templates[:cfg.n_prompts]]
 
     @staticmethod
-    def _target_positions(tok, prompts: list[str], concept: str, use_pooler: bool) -> list[tuple[int, torch.Tensor]]:
+    def _target_positions(a, prompts: list[str], concept: str, use_pooler: bool) -> list[tuple[int, torch.Tensor]]:
         """(prompt index, bool mask over token positions) of the target's tokens (and end-of-text tokens)
         for every prompt in which the target survives truncation."""
-        L = tok.model_max_length
-        concept_ids = tok(concept, add_special_tokens=False).input_ids
+        tok, L = a.tokenizer, a.max_length
+        concept_ids = a.token_ids(concept, special=False)
         out = []
         for j, pt in enumerate(prompts):
-            ids = _ids(tok, pt, L)
+            ids = a.token_ids(pt)
             pos = set(token_positions(ids, concept_ids))
             if not pos:
                 continue
@@ -251,28 +240,27 @@ class MACE(Eraser):
         return out
 
     @torch.no_grad()
-    def _images_and_masks(self, pipe, concept: str, cfg: MACEConfig, gen: torch.Generator):
+    def _images_and_masks(self, a, concept: str, cfg: MACEConfig, gen: torch.Generator):
         """n_images latents of the concept drawn by the original model, and masks (n x 1 x H x W, bool)
         from the cross-attention maps of the concept's word tokens during sampling."""
-        unet, tok = pipe.unet, pipe.tokenizer
+        unet = a.unet
         dev, dtype = unet.device, unet.dtype
-        n, L = cfg.n_images, tok.model_max_length
+        n = cfg.n_images
         prompt = TRAIN_PROMPT[cfg.concept_type].format(concept)
-        words = token_positions(_ids(tok, prompt, L), tok(concept, add_special_tokens=False).input_ids)
-        embs, _ = encode(pipe, [prompt, ""])
+        words = token_positions(a.token_ids(prompt), a.token_ids(concept, special=False))
+        embs, _ = a.encode([prompt, ""])
         cond = embs[:1].expand(n, -1, -1).to(dev, dtype)
         uncond = embs[1:].expand(n, -1, -1).to(dev, dtype)
-        size = unet.config.sample_size
-        size = tuple(size) if isinstance(size, (list, tuple)) else (size, size)
+        size = a.sample_size
         heat = torch.zeros((n, 1, *size), dtype=torch.float32, device=dev)
 
         def on_probs(_name, probs):  # probs: 2n x heads x q x L; the second half is the conditional branch
             m = probs[n:].float().mean(1)[..., words].sum(-1)  # n x q
-            h, w = _grid(m.shape[1], size)
+            h, w = attention_grid(m.shape[1], size)
             heat.add_(F.interpolate(m.reshape(n, 1, h, w), size=size, mode="bilinear", align_corners=False))
 
-        with record_cross_attention(unet, on_probs):
-            x, _ = sample_latents(pipe, unet, cond, uncond, cfg.sample_steps, cfg.guidance_scale, gen)
+        with record_cross_attention(a, on_probs, unet):
+            x, _ = sample_latents(a, unet, cond, uncond, cfg.sample_steps, cfg.guidance_scale, gen)
         if cfg.concept_type == "style" or not cfg.use_mask:
             masks = torch.ones_like(heat, dtype=torch.bool)
         else:
@@ -283,14 +271,12 @@ class MACE(Eraser):
     # ---- the three stages --------------------------------------------------------------------------
 
     def erase(self, pipe, req: EraseRequest, cfg: MACEConfig) -> dict:
-        from .lora import merge_lora
-
-        unet, tok = pipe.unet.eval(), pipe.tokenizer
-        L = tok.model_max_length
+        a = adapter_for(pipe)
+        unet = a.unet.eval()
+        L = a.max_length
         targets = list(req.targets)
         anchor = req.anchor.strip() if req.anchor and req.anchor.strip() else ""
-        layers = cross_attentions(unet)
-        keys = [(f"{name}.{proj}", getattr(attn, proj)) for name, attn in layers for proj in ("to_k", "to_v")]
+        keys = [kv for p in a.kv_projections(unet) for kv in ((p.key, p.k), (p.value, p.v))]
         advance = self.progress(len(targets) * cfg.lora_steps + len(targets) + 2)
         gen = torch.Generator().manual_seed(cfg.seed)
         rng = np.random.default_rng(cfg.seed)
@@ -298,24 +284,25 @@ class MACE(Eraser):
         # training data, from the original model
         data = []
         for c in targets:
-            data.append(self._images_and_masks(pipe, c, cfg, gen))
+            data.append(self._images_and_masks(a, c, cfg, gen))
             advance(1)
 
-        # prompt embeddings (the text encoder is not changed)
+        # prompt embeddings (the text encoder is not changed): conditionings, and the token rows K/V read
         prompts = {c: self._prompts(c, cfg) for c in targets}
-        embs = {c: encode(pipe, prompts[c])[0].float().cpu() for c in targets}
+        embs = {c: a.encode(prompts[c])[0].float().cpu() for c in targets}
+        tokens = {c: a.text_rows(e) for c, e in embs.items()}
         keep = None
         if req.preserve:
-            dim = embs[targets[0]].shape[-1]
-            keep = torch.cat([encode(pipe, self._prompts(p, cfg))[0].float().cpu().reshape(-1, dim)
+            dim = tokens[targets[0]].shape[-1]
+            keep = torch.cat([a.text_rows(a.encode(self._prompts(p, cfg))[0]).float().cpu().reshape(-1, dim)
                               for p in req.preserve])
         rows_f, rows_g = [], []
         anchor_prompts = self._prompts(anchor, cfg)
-        e_g = encode(pipe, anchor_prompts)[0].float().cpu()
+        e_g = a.text_rows(a.encode(anchor_prompts)[0]).float().cpu()
         for c in targets:
             for j, (pt, pa) in enumerate(zip(prompts[c], anchor_prompts)):
-                it, ia = _shared_positions(_ids(tok, pt, L), _ids(tok, pa, L), L)
-                rows_f.append(embs[c][j, it])
+                it, ia = _shared_positions(a.token_ids(pt), a.token_ids(pa), L)
+                rows_f.append(tokens[c][j, it])
                 rows_g.append(e_g[j, ia])
         E_f, E_g = torch.cat(rows_f), torch.cat(rows_g)
 
@@ -340,14 +327,13 @@ class MACE(Eraser):
         advance(1)
 
         # stage 2: one LoRA per concept (trained separately), suppressing the target's attention inside its mask
-        ddpm = self._noise_scheduler(pipe)
         deltas = []
         try:
             for i, c in enumerate(targets):
                 x0, masks = data[i]
-                usable = self._target_positions(tok, prompts[c], c, cfg.use_pooler)
-                deltas.append(self._train_lora(unet, [k for k, _ in keys], f"mace{i}", x0, masks, embs[c], usable,
-                                               ddpm, cfg, gen, rng, advance))
+                usable = self._target_positions(a, prompts[c], c, cfg.use_pooler)
+                deltas.append(self._train_lora(a, unet, [k for k, _ in keys], f"mace{i}", x0, masks, embs[c], usable,
+                                               cfg, gen, rng, advance))
         finally:
             if any(".lora_" in n for n, _ in unet.named_parameters()):
                 merge_lora(unet, [])  # interrupted: leave no adapter behind
@@ -355,7 +341,7 @@ class MACE(Eraser):
 
         # stage 3: closed-form fusion of the per-concept LoRAs
         changed = {}
-        flat = [embs[c].reshape(-1, embs[c].shape[-1]) for c in targets]  # every token of each concept's prompts
+        flat = [tokens[c].reshape(-1, tokens[c].shape[-1]) for c in targets]  # every token of each concept's prompts
         rows = torch.cat(flat)
         with torch.no_grad():
             for k, lin in keys:
@@ -366,12 +352,11 @@ class MACE(Eraser):
         advance(1)
         return changed
 
-    def _train_lora(self, unet, targets: list[str], adapter: str, x0, masks, embs, usable, ddpm, cfg: MACEConfig,
+    def _train_lora(self, a, unet, targets: list[str], adapter: str, x0, masks, embs, usable, cfg: MACEConfig,
                     gen: torch.Generator, rng: np.random.Generator, advance) -> dict:
         """Train one LoRA on the (refined) UNet's attn2 to_k/to_v with MACE's attention loss; return its
         delta {weight name: B A} and remove it from the UNet."""
-        from .lora import inject_lora, lora_delta, lora_parameters, merge_lora
-
+        ddpm = a.train_scheduler  # the forward process of training latents (official: the model's DDPMScheduler)
         n_t = ddpm.config.num_train_timesteps
         p_t = _importance(n_t) if cfg.importance_sampling else None
         dev, dtype = unet.device, unet.dtype
@@ -380,9 +365,8 @@ class MACE(Eraser):
             for name, p in unet.named_parameters():
                 if f".lora_A.{adapter}." in name:
                     p.copy_(torch.randn(p.shape, generator=gen).to(p) / cfg.rank)
-        params = lora_parameters(unet, adapter)
-        opt = torch.optim.AdamW(params, lr=cfg.lr, betas=(0.9, 0.999), weight_decay=cfg.weight_decay, eps=1e-8)
-        for _ in range(cfg.lora_steps):
+
+        def compute_loss(_step):
             b = int(rng.integers(len(x0)))
             j, sel = usable[int(rng.integers(len(usable)))]
             t = torch.tensor([int(rng.choice(n_t, p=p_t)) if p_t is not None else int(rng.integers(n_t))], device=dev)
@@ -391,27 +375,20 @@ class MACE(Eraser):
             mask = masks[b:b + 1].float()
             terms = []
 
-            def on_probs(_name, probs, mask=mask, sel=sel, terms=terms):  # probs: 1 x heads x q x L
-                h, w = _grid(probs.shape[2], tuple(mask.shape[2:]))
+            def on_probs(_name, probs):  # probs: 1 x heads x q x L
+                h, w = attention_grid(probs.shape[2], tuple(mask.shape[2:]))
                 inside = F.interpolate(mask, size=(h, w), mode="nearest").reshape(-1) > 0.5
                 terms.append(probs[:, :, inside.to(probs.device)][..., sel.to(probs.device)].norm())
 
-            with record_cross_attention(unet, on_probs):
-                unet(xt, t, encoder_hidden_states=embs[j:j + 1].to(dev, dtype))
-            loss = torch.stack(terms).sum()
-            opt.zero_grad(set_to_none=True)
-            if loss.requires_grad:  # an empty mask at every layer leaves nothing to train on
-                loss.backward()
-                torch.nn.utils.clip_grad_norm_(params, cfg.max_grad_norm)
-                opt.step()
-            advance(1, loss=float(loss.detach()))
+            with record_cross_attention(a, on_probs, unet):
+                a.denoise(unet, xt, t, embs[j:j + 1].to(dev, dtype))
+            # sum over layers of || A^i (.) M || over the target's tokens; an empty mask everywhere: no update
+            return torch.stack(terms).sum()
+
+        loop = FineTune(lora_parameters(unet, adapter),
+                        AdamW(lr=cfg.lr, betas=(0.9, 0.999), weight_decay=cfg.weight_decay, eps=1e-8),
+                        max_grad_norm=cfg.max_grad_norm)
+        loop.run(cfg.lora_steps, compute_loss, advance)
         delta = lora_delta(unet, adapter)
         merge_lora(unet, [])  # remove the adapter without merging it: fusion happens in closed form
         return delta
-
-    @staticmethod
-    def _noise_scheduler(pipe):
-        """The forward process used to noise training latents (official: DDPMScheduler of the model)."""
-        from diffusers import DDPMScheduler
-
-        return DDPMScheduler.from_config(pipe.scheduler.config)

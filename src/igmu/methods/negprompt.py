@@ -16,7 +16,7 @@ so anyone who samples without the artifact's negative prompt gets the concept ba
 
 In igmu the targets, joined by ", ", become the negative prompt. If the user
 also gives --negative-prompt, the two are combined as "USER, TARGETS" (see
-generate.effective_negative_prompt). Like every negative prompt, it has no
+negative_prompts below). Like every negative prompt, it has no
 effect when classifier-free guidance is off (--guidance <= 1), because the
 pipeline then never evaluates the unconditional branch.
 
@@ -24,8 +24,15 @@ No hyper-parameters.
 """
 from __future__ import annotations
 
+from ..diffusion.arch import adapter_for
+from ..diffusion.sampling import pipeline_images
+from ..errors import UserError
 from .base import EraseRequest, Eraser, MethodConfig, register
-from .common import check_prompt
+
+
+def negative_prompts(user: list[str] | None, spec: dict, n: int) -> list[str]:
+    """The negative prompt of each image: the artifact's, or "USER, artifact's" when the user gave one too."""
+    return [", ".join(([u] if u else []) + [spec["negative_prompt"]]) for u in (user or [None] * n)]
 
 
 @register
@@ -37,13 +44,24 @@ class NegativePrompt(Eraser):
               "Safe Latent Diffusion, CVPR 2023")
     multi_concept = True
     kind = "sampling"
+    sampling_type = "negative_prompt"
     unet_passes_per_step = 2
     Config = MethodConfig
 
     def check(self, pipe, req: EraseRequest, cfg):
+        a = adapter_for(pipe)
         for t in req.targets:
-            check_prompt(pipe, t, "target")
-        check_prompt(pipe, ", ".join(req.targets), "negative prompt")
+            a.check_prompt(t, "target")
+        a.check_prompt(", ".join(req.targets), "negative prompt")
 
     def sampling(self, req: EraseRequest, cfg) -> dict:
-        return {"type": "negative_prompt", "negative_prompt": ", ".join(req.targets)}
+        return {"type": self.sampling_type, "negative_prompt": ", ".join(req.targets)}
+
+    def sampler(self, spec: dict):
+        if not (isinstance(spec.get("negative_prompt"), str) and spec["negative_prompt"]):
+            raise UserError("artifact's negative_prompt sampling has no negative prompt")
+
+        def sample(pipe, prompts, negative, latents, steps, guidance, height, width):
+            return pipeline_images(pipe, prompts, negative_prompts(negative, spec, len(prompts)), latents, steps,
+                                   guidance, height, width)
+        return sample

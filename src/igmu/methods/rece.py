@@ -78,8 +78,9 @@ from __future__ import annotations
 import torch
 from pydantic import Field
 
+from ..diffusion.arch import adapter_for
 from .base import EraseRequest, Eraser, MethodConfig, register
-from .common import check_prompt, closed_form_edit, cross_attentions, encode
+from .common import closed_form_edit
 from .uce import UCE, UCEConfig
 
 
@@ -95,12 +96,12 @@ class RECEConfig(MethodConfig):
     with_to_k: bool = True  # official close_form_emb(..., with_to_k=True) and edit_model_adversarial default
 
 
-def edited_projections(unet, with_to_k: bool = True) -> list[tuple[str, torch.nn.Linear]]:
-    """(parameter-name prefix, Linear) of every attn2 to_v (and to_k) of the UNet, values first."""
-    layers = cross_attentions(unet)
-    out = [(f"{n}.to_v", a.to_v) for n, a in layers]
+def edited_projections(pipe, with_to_k: bool = True) -> list[tuple[str, torch.nn.Linear]]:
+    """(parameter-name prefix, Linear) of every cross-attention value (and key) projection, values first."""
+    kv = adapter_for(pipe).kv_projections()
+    out = [(p.value, p.v) for p in kv]
     if with_to_k:
-        out += [(f"{n}.to_k", a.to_k) for n, a in layers]
+        out += [(p.key, p.k) for p in kv]
     return out
 
 
@@ -132,22 +133,23 @@ class RECE(Eraser):
     def check(self, pipe, req: EraseRequest, cfg: RECEConfig):
         UCE().check(pipe, req, cfg)
         if req.anchor and req.anchor.strip():
-            check_prompt(pipe, req.anchor, "anchor")
+            adapter_for(pipe).check_prompt(req.anchor, "anchor")
 
     @torch.no_grad()
     def erase(self, pipe, req: EraseRequest, cfg: RECEConfig) -> dict:
+        a = adapter_for(pipe)
         advance = self.progress(cfg.epochs + 1)
-        layers = edited_projections(pipe.unet, cfg.with_to_k)
+        layers = edited_projections(a, cfg.with_to_k)
         original = [lin.weight.detach().float().cpu().clone() for _, lin in layers]
         UCE().erase(pipe, req, UCEConfig(lamb=cfg.uce_lamb, erase_scale=cfg.uce_erase_scale,
                                          preserve_scale=cfg.uce_preserve_scale, with_to_k=cfg.with_to_k))
         advance(1, stage="uce")
         targets = list(req.targets)
         anchor = req.anchor if req.anchor and req.anchor.strip() else " "  # official new_texts default ' '
-        hs, _ = encode(pipe, targets + [anchor])
-        hs = hs.float().cpu()
+        hs, _ = a.encode(targets + [anchor])
+        hs = a.text_rows(hs).float().cpu()
         concepts, anchor_rows = hs[:-1], hs[-1]
-        keep = encode(pipe, [""] + list(req.preserve))[0].float().cpu().reshape(-1, hs.shape[-1])
+        keep = a.text_rows(a.encode([""] + list(req.preserve))[0]).float().cpu().reshape(-1, hs.shape[-1])
         for epoch in range(cfg.epochs):
             current = [lin.weight.detach().float().cpu().clone() for _, lin in layers]
             adv = torch.cat([adversarial_embedding(current, original, c, cfg.regular_scale) for c in concepts])

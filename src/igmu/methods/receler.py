@@ -115,10 +115,14 @@ import torch
 import torch.nn.functional as F
 from pydantic import Field
 
-from ..attacks.adversarial import optimise_prompt, slot_conditioning, slotted_ids
+from ..diffusion.arch import adapter_for
+from ..diffusion.attention import attention_grid, record_cross_attention
+from ..diffusion.prompt_attack import optimise_prompt, slot_conditioning, slotted_ids
+from ..diffusion.sampling import sample_until
+from ..diffusion.tokens import token_positions
 from .base import EraseRequest, Eraser, MethodConfig, register
-from .common import check_request, cross_attentions, encode, record_cross_attention, sample_until, token_positions
-from .mace import _grid
+from .common import check_request
+from .train import Adam, FineTune
 
 
 class ReceLerConfig(MethodConfig):
@@ -173,8 +177,8 @@ class _Erasers:
     """One LinearEraser after every attn2.to_out[0] of the UNet (a forward hook: out + E(out)).
     `enabled` switches them all; while `outputs` is a list, each call appends (layer, E(out))."""
 
-    def __init__(self, unet, rank: int, generator: torch.Generator):
-        self.layers = cross_attentions(unet)
+    def __init__(self, layers: list[tuple[str, torch.nn.Module]], rank: int, generator: torch.Generator):
+        self.layers = layers
         self.enabled, self.outputs = True, None
         self.modules, self.handles = [], []
         for name, attn in self.layers:
@@ -207,7 +211,7 @@ def _heat(maps: list[torch.Tensor], size: tuple[int, int]) -> torch.Tensor:
     """Average of per-layer attention maps (each B x q) upsampled to the latent size: B x 1 x H x W."""
     out = 0
     for m in maps:
-        h, w = _grid(m.shape[1], size)
+        h, w = attention_grid(m.shape[1], size)
         out = out + F.interpolate(m.reshape(-1, 1, h, w), size=size, mode="bilinear", align_corners=False)
     return out / len(maps)
 
@@ -221,7 +225,7 @@ def _reg(outputs, masks: dict | None, size) -> torch.Tensor:
         if masks is None:
             flip = torch.ones(e.shape[0], q, 1, dtype=e.dtype, device=e.device)
         else:
-            h, w = _grid(q, size)
+            h, w = attention_grid(q, size)
             key = (h, w)
             if key not in masks:
                 masks[key] = F.interpolate(masks["full"], size=(h, w), mode="nearest")
@@ -242,80 +246,75 @@ class ReceLer(Eraser):
     Config = ReceLerConfig
 
     def check(self, pipe, req: EraseRequest, cfg: ReceLerConfig):
-        check_request(pipe, req)
-        cross_attentions(pipe.unet)
+        a = adapter_for(pipe)
+        check_request(a, req)
+        a.cross_attentions()
         if cfg.advrs_iters:
             for t in req.targets:
-                slotted_ids(pipe.tokenizer, t, cfg.num_advrs_prompts, [0] * cfg.num_advrs_prompts)
+                slotted_ids(a, t, cfg.num_advrs_prompts, [0] * cfg.num_advrs_prompts)
 
     def erase(self, pipe, req: EraseRequest, cfg: ReceLerConfig) -> dict:
-        unet = pipe.unet.eval().requires_grad_(False)
-        pipe.text_encoder.requires_grad_(False)
-        tok = pipe.tokenizer
+        a = adapter_for(pipe)
+        unet = a.unet.eval().requires_grad_(False)
+        a.text_encoder.requires_grad_(False)
         gen = torch.Generator().manual_seed(cfg.seed)
         rng = np.random.default_rng(cfg.seed)
         targets = list(req.targets)
-        embs, _ = encode(pipe, targets + [""])
+        embs, _ = a.encode(targets + [""])
         null = embs[-1:]
-        keep = encode(pipe, list(req.preserve))[0] if req.preserve else None
-        words = [token_positions(tok(t, truncation=True, max_length=tok.model_max_length).input_ids,
-                                 tok(t, add_special_tokens=False).input_ids) for t in targets]
-        size = unet.config.sample_size
-        size = tuple(size) if isinstance(size, (list, tuple)) else (size, size)
-        erasers = _Erasers(unet, cfg.eraser_rank, gen)
+        keep = a.encode(list(req.preserve))[0] if req.preserve else None
+        words = [token_positions(a.token_ids(t), a.token_ids(t, special=False)) for t in targets]
+        size = a.sample_size
+        erasers = _Erasers(a.cross_attentions(unet), cfg.eraser_rank, gen)
         params = erasers.parameters()
-        opt = torch.optim.Adam(params, lr=cfg.lr)
-        advance = self.progress(cfg.iterations)
-        try:
-            for it in range(cfg.iterations):
-                w = int(rng.integers(len(targets)))
-                cond = embs[w:w + 1]
-                stop = int(rng.integers(0, cfg.sample_steps))
-                g = torch.Generator().manual_seed(int(rng.integers(0, 2 ** 31)))
-                with torch.no_grad():  # x_t from the current model (erasers on), as officially
-                    xt, t = sample_until(pipe, unet, cond, null, cfg.sample_steps, stop, cfg.guidance_scale, g)
-                    erasers.enabled = False  # the original model
-                    e_0 = unet(xt, t, encoder_hidden_states=null).sample
-                    maps = []
-                    with record_cross_attention(unet, lambda _n, p: maps.append(p[:, :, :, words[w]].mean(-1).mean(1))):
-                        e_p = unet(xt, t, encoder_hidden_states=cond).sample
-                    erasers.enabled = True
-                    heat = _heat(maps, size)
-                    lo, hi = heat.amin(dim=(2, 3), keepdim=True), heat.amax(dim=(2, 3), keepdim=True)
-                    masks = {"full": ((heat - lo) / (hi - lo).clamp_min(1e-12) >= cfg.mask_thres).float()}
-                    goal = e_0 - cfg.negative_guidance * (e_p - e_0)
-                if cfg.advrs_iters and it >= cfg.start_advrs_train:
-                    for p in params:
-                        p.requires_grad_(False)
-                    adv = optimise_prompt(
-                        pipe, targets[w],
-                        lambda h: F.mse_loss(unet(xt, t, encoder_hidden_states=h).sample.float(), e_p.float()),
-                        k=cfg.num_advrs_prompts, steps=cfg.advrs_iters, lr=cfg.advrs_lr, discrete=False,
-                        generator=gen)
-                    for p in params:
-                        p.requires_grad_(True)
-                    c_n = slot_conditioning(pipe, adv)
-                else:
-                    adv, c_n = None, cond
+
+        def compute_loss(it):
+            w = int(rng.integers(len(targets)))
+            cond = embs[w:w + 1]
+            stop = int(rng.integers(0, cfg.sample_steps))
+            g = torch.Generator().manual_seed(int(rng.integers(0, 2 ** 31)))
+            with torch.no_grad():  # x_t from the current model (erasers on), as officially
+                xt, t = sample_until(a, unet, cond, null, cfg.sample_steps, stop, cfg.guidance_scale, g)
+                erasers.enabled = False  # the original model
+                e_0 = a.denoise(unet, xt, t, null)
+                maps = []
+                with record_cross_attention(a, lambda _n, p: maps.append(p[:, :, :, words[w]].mean(-1).mean(1)), unet):
+                    e_p = a.denoise(unet, xt, t, cond)
+                erasers.enabled = True
+                heat = _heat(maps, size)
+                lo, hi = heat.amin(dim=(2, 3), keepdim=True), heat.amax(dim=(2, 3), keepdim=True)
+                masks = {"full": ((heat - lo) / (hi - lo).clamp_min(1e-12) >= cfg.mask_thres).float()}
+                goal = e_0 - cfg.negative_guidance * (e_p - e_0)
+            if cfg.advrs_iters and it >= cfg.start_advrs_train:  # adversarial prompt against the current erasers
+                for p in params:
+                    p.requires_grad_(False)
+                adv = optimise_prompt(
+                    a, targets[w], lambda h: F.mse_loss(a.denoise(unet, xt, t, h).float(), e_p.float()),
+                    k=cfg.num_advrs_prompts, steps=cfg.advrs_iters, lr=cfg.advrs_lr, discrete=False, generator=gen)
+                for p in params:
+                    p.requires_grad_(True)
+                c_n = slot_conditioning(a, adv)
+            else:
+                adv, c_n = None, cond
+            erasers.outputs = []
+            e_n = a.denoise(unet, xt, t, c_n)
+            loss_erase = F.mse_loss(e_n.float(), goal.float())
+            loss_reg = _reg(erasers.outputs, masks, size)
+            loss = loss_erase + cfg.concept_reg_weight * loss_reg
+            info = {"erase": loss_erase.item(), "reg": loss_reg.item()}
+            if keep is not None:  # igmu: preserved prompts, empty concept mask
                 erasers.outputs = []
-                e_n = unet(xt, t, encoder_hidden_states=c_n).sample
-                loss_erase = F.mse_loss(e_n.float(), goal.float())
-                loss_reg = _reg(erasers.outputs, masks, size)
-                loss = loss_erase + cfg.concept_reg_weight * loss_reg
-                info = {"erase": loss_erase.item(), "reg": loss_reg.item()}
-                if keep is not None:  # igmu: preserved prompts, empty concept mask
-                    erasers.outputs = []
-                    unet(xt.expand(len(keep), -1, -1, -1), t, encoder_hidden_states=keep)
-                    loss_keep = _reg(erasers.outputs, None, size)
-                    loss = loss + cfg.concept_reg_weight * loss_keep
-                    info["keep"] = loss_keep.item()
-                erasers.outputs = None
-                if adv is not None:
-                    info["attack"] = adv.losses[-1]
-                opt.zero_grad(set_to_none=True)
-                loss.backward()
-                opt.step()
-                advance(1, loss=loss.item(), **info)
+                a.denoise(unet, xt.expand(len(keep), -1, -1, -1), t, keep)
+                loss_keep = _reg(erasers.outputs, None, size)
+                loss = loss + cfg.concept_reg_weight * loss_keep
+                info["keep"] = loss_keep.item()
+            erasers.outputs = None
+            if adv is not None:
+                info["attack"] = adv.losses[-1]
+            return loss, info
+
+        try:
+            FineTune(params, Adam(lr=cfg.lr)).run(cfg.iterations, compute_loss, self.progress(cfg.iterations))
         finally:
             erasers.remove()
         changed = {}

@@ -79,9 +79,12 @@ from typing import Literal
 import torch
 from pydantic import Field
 
+from ..diffusion.arch import adapter_for
+from ..diffusion.noise import diffusion_loss
+from ..diffusion.sampling import concept_latents
 from .base import EraseRequest, Eraser, MethodConfig, register
-from .ca import EpochSampler, start_training, unet_parameters
-from .common import anchor_text, changed_tensors, check_request, concept_latents, diffusion_loss, encode, train_scheduler
+from .common import anchor_text, check_request
+from .train import AdamW, EpochSampler, FineTune, freeze_except, parameter_group
 
 
 class SAConfig(MethodConfig):
@@ -101,18 +104,18 @@ class SAConfig(MethodConfig):
     seed: int = 0
 
 
-def fisher_diagonal(unet, sched, params: list[tuple[str, torch.nn.Parameter]], x0: torch.Tensor,
+def fisher_diagonal(pipe, model, params: list[tuple[str, torch.nn.Parameter]], x0: torch.Tensor,
                     cond: torch.Tensor, n_timesteps: int, generator: torch.Generator) -> dict[str, torch.Tensor]:
     """Diagonal Fisher information of `unet` at its current weights, as Selective Amnesia's ddpm_fim.py:
     F_i = mean over samples n of (d/dtheta_i sum_t l_t(x_n, c_n))^2, the sum over the T training timesteps
     estimated from n_timesteps evenly spaced ones times T / n_timesteps. x0: N x C x h x w, cond: N x L x D.
     The parameters in `params` must require grad."""
-    T = sched.config.num_train_timesteps
+    T = adapter_for(pipe).train_scheduler.config.num_train_timesteps
     ts = torch.linspace(0, T - 1, min(n_timesteps, T)).round().long()
     fisher = {n: torch.zeros_like(p) for n, p in params}
     for i in range(len(x0)):
         k = len(ts)
-        losses = diffusion_loss(unet, sched, x0[i:i + 1].expand(k, -1, -1, -1), cond[i:i + 1].expand(k, -1, -1),
+        losses = diffusion_loss(pipe, model, x0[i:i + 1].expand(k, -1, -1, -1), cond[i:i + 1].expand(k, -1, -1),
                                 generator, t=ts, reduce=False)
         grads = torch.autograd.grad(losses.sum() * (T / k), [p for _, p in params], allow_unused=True)
         for (n, _), g in zip(params, grads):
@@ -133,50 +136,50 @@ class SA(Eraser):
     Config = SAConfig
 
     def check(self, pipe, req: EraseRequest, cfg: SAConfig):
-        check_request(pipe, req)
-        unet_parameters(pipe.unet, cfg.train_method)
+        a = adapter_for(pipe)
+        check_request(a, req)
+        parameter_group(a.unet, cfg.train_method)
 
     def erase(self, pipe, req: EraseRequest, cfg: SAConfig) -> dict:
-        unet = pipe.unet.eval().requires_grad_(False)
+        a = adapter_for(pipe)
+        unet = a.unet.eval().requires_grad_(False)
         surrogate = anchor_text(req)
         replay = list(req.preserve) or [surrogate]
         n_t = len(req.targets)
         advance = self.progress(3 + cfg.iterations)
-        x_sur, _ = concept_latents(pipe, unet, [surrogate], cfg.n_images, cfg.sample_steps, cfg.guidance_scale,
-                                   cfg.seed)
+        x_sur, _ = concept_latents(a, unet, [surrogate], cfg.n_images, cfg.sample_steps, cfg.guidance_scale, cfg.seed)
         if replay == [surrogate]:  # the same distribution: reuse the surrogate images (see docstring)
             x_rep, w_rep = x_sur, [0] * len(x_sur)
         else:
             per = -(-cfg.n_replay_images // len(replay))
-            x_rep, w_rep = concept_latents(pipe, unet, replay, per, cfg.sample_steps, cfg.guidance_scale, cfg.seed + 1)
+            x_rep, w_rep = concept_latents(a, unet, replay, per, cfg.sample_steps, cfg.guidance_scale, cfg.seed + 1)
         advance(2)
-        embs = encode(pipe, list(req.targets) + replay)[0].to(unet.device, unet.dtype)
+        embs = a.encode(list(req.targets) + replay)[0].to(unet.device, unet.dtype)
         e_tgt, e_rep = embs[:n_t], embs[n_t:]
         w_rep = torch.tensor(w_rep)
-        params = unet_parameters(unet, cfg.train_method)
-        before = {n: p.detach().clone() for n, p in params}
-        start_training(unet, params)
-        sched = train_scheduler(pipe)
+        params = parameter_group(unet, cfg.train_method)
+        before = {n: p.detach().clone() for n, p in params}  # theta*
+        freeze_except(unet, params)
         gen = torch.Generator().manual_seed(cfg.seed)
         try:
             fi = torch.arange(cfg.n_fisher) % len(x_rep)
-            fisher = fisher_diagonal(unet, sched, params, x_rep[fi], e_rep[w_rep[fi]], cfg.fisher_timesteps, gen)
+            fisher = fisher_diagonal(a, unet, params, x_rep[fi], e_rep[w_rep[fi]], cfg.fisher_timesteps, gen)
             advance(1)
-            opt = torch.optim.AdamW([p for _, p in params], lr=cfg.lr, weight_decay=cfg.weight_decay)
             forget_batches, replay_batches = EpochSampler(len(x_sur), gen), EpochSampler(len(x_rep), gen)
             B = cfg.batch_size
-            for _ in range(cfg.iterations):
+
+            def compute_loss(_step):
                 i, j = forget_batches.take(B), replay_batches.take(B)
                 pick = torch.randint(0, n_t, (B,), generator=gen)
-                per = diffusion_loss(unet, sched, torch.cat([x_sur[i], x_rep[j]]),
+                per = diffusion_loss(a, unet, torch.cat([x_sur[i], x_rep[j]]),
                                      torch.cat([e_tgt[pick], e_rep[w_rep[j]]]), gen, reduce=False)
-                loss_forget, loss_replay = per[:B].mean(), per[B:].mean()
+                loss_forget, loss_replay = per[:B].mean(), per[B:].mean()  # surrogate images under c_f; replay
                 ewc = sum((fisher[n] * (p - before[n]) ** 2).sum() for n, p in params)
                 loss = loss_forget + cfg.gamma * loss_replay + cfg.lmbda * ewc
-                opt.zero_grad(set_to_none=True)
-                loss.backward()
-                opt.step()
-                advance(1, loss=loss.item(), forget=loss_forget.item(), ewc=float(ewc.detach()))
+                return loss, {"forget": loss_forget.item(), "ewc": float(ewc.detach())}
+
+            loop = FineTune(params, AdamW(lr=cfg.lr, weight_decay=cfg.weight_decay), snapshot=True)
+            loop.run(cfg.iterations, compute_loss, advance)
         finally:
             unet.requires_grad_(False)
-        return changed_tensors(params, before)
+        return loop.changed("unet")

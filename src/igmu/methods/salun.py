@@ -87,9 +87,12 @@ import torch
 import torch.nn.functional as F
 from pydantic import Field
 
+from ..diffusion.arch import adapter_for
+from ..diffusion.noise import diffusion_loss, diffusion_target, noised
+from ..diffusion.sampling import concept_latents
 from .base import EraseRequest, Eraser, MethodConfig, register
-from .common import (GENERIC_RETAIN, anchor_text, changed_tensors, check_request, concept_latents,  # noqa: F401
-                     cross_attentions, diffusion_loss, diffusion_target, encode, generic_retain, train_scheduler)
+from .common import GENERIC_RETAIN, anchor_text, check_request, generic_retain  # noqa: F401
+from .train import Adam, FineTune, changed_tensors, cycling_batches, epoch_batches
 
 def retain_prompts(req: EraseRequest) -> list[str]:
     """--preserve, or GENERIC_RETAIN minus prompts sharing a word with a target; plus the anchor."""
@@ -105,8 +108,9 @@ def retain_prompts(req: EraseRequest) -> list[str]:
 
 def check_unlearning_request(pipe, req: EraseRequest) -> None:
     """One-line errors shared by SalUn, EraseDiff and ScissorHands."""
-    check_request(pipe, req)
-    cross_attentions(pipe.unet)  # without cross-attention the UNet ignores the prompt: nothing to unlearn
+    a = adapter_for(pipe)
+    check_request(a, req)
+    a.cross_attentions()  # without cross-attention the UNet ignores the prompt: nothing to unlearn
 
 
 class UnlearningData:
@@ -119,12 +123,13 @@ class UnlearningData:
 
     def __init__(self, pipe, req: EraseRequest, n_forget: int, n_retain: int, steps: int, guidance: float,
                  seed: int):
-        base = pipe.unet
+        a = adapter_for(pipe)
+        base = a.unet
         targets, keep = list(req.targets), retain_prompts(req)
         self.retain_prompts = keep
-        self.forget, fi = concept_latents(pipe, base, targets, n_forget, steps, guidance, seed)
-        self.retain, ri = concept_latents(pipe, base, keep, n_retain, steps, guidance, seed + 1)
-        embs = encode(pipe, targets + keep + [anchor_text(req), ""])[0]
+        self.forget, fi = concept_latents(a, base, targets, n_forget, steps, guidance, seed)
+        self.retain, ri = concept_latents(a, base, keep, n_retain, steps, guidance, seed + 1)
+        embs = a.encode(targets + keep + [anchor_text(req), ""])[0]
         n_t, n_k = len(targets), len(keep)
         self.forget_cond = embs[:n_t][fi]
         self.retain_cond = embs[n_t:n_t + n_k][ri]
@@ -138,53 +143,32 @@ class UnlearningData:
         return self.pseudo_embs[rng.integers(0, len(self.pseudo_embs), n)]
 
 
-def epoch_batches(n: int, batch: int, rng: np.random.Generator) -> list[np.ndarray]:
-    """One shuffled pass over n items in batches (the last one may be smaller)."""
-    order = rng.permutation(n)
-    return [order[i:i + batch] for i in range(0, n, batch)]
-
-
-class cycling_batches:
-    """Endless shuffled batches over n items (the retain loader the official scripts re-iterate)."""
-
-    def __init__(self, n: int, batch: int, rng: np.random.Generator):
-        self.n, self.batch, self.rng, self.queue = n, batch, rng, []
-
-    def next(self) -> np.ndarray:
-        if not self.queue:
-            self.queue = epoch_batches(self.n, self.batch, self.rng)
-        return self.queue.pop(0)
-
-
-def random_label_loss(unet, sched, x0, cond, pseudo, generator) -> torch.Tensor:
+def random_label_loss(pipe, model, x0, cond, pseudo, generator) -> torch.Tensor:
     """|| eps(x_t, c_f) - sg[eps(x_t, c')] ||^2 at one random t and noise per latent (official
     random_label.py / nsfw_removal.py forget loss; EraseDiff's and ScissorHands' official SD code use
     the same)."""
-    t = torch.randint(0, sched.config.num_train_timesteps, (x0.shape[0],), generator=generator)
-    noise = torch.randn(x0.shape, generator=generator).to(x0)
-    xt = sched.add_noise(x0, noise, t)
+    a = adapter_for(pipe)
+    xt, t, _ = noised(a.train_scheduler, x0, generator)
     with torch.no_grad():
-        goal = unet(xt, t, encoder_hidden_states=pseudo).sample
-    return F.mse_loss(unet(xt, t, encoder_hidden_states=cond).sample.float(), goal.float())
+        goal = a.denoise(model, xt, t, pseudo)
+    return F.mse_loss(a.denoise(model, xt, t, cond).float(), goal.float())
 
 
-def guided_forget_loss(unet, sched, x0, cond, null, guidance: float, generator) -> torch.Tensor:
+def guided_forget_loss(pipe, model, x0, cond, null, guidance: float, generator) -> torch.Tensor:
     """Denoising loss of the guided prediction (1 + w) eps(x_t, c) - w eps(x_t, "") (w = 0: the plain
     conditional loss). SalUn's saliency loss (generate_mask.py, w = c_guidance)."""
-    t = torch.randint(0, sched.config.num_train_timesteps, (x0.shape[0],), generator=generator)
-    noise = torch.randn(x0.shape, generator=generator).to(x0)
-    xt = sched.add_noise(x0, noise, t)
+    a = adapter_for(pipe)
+    xt, t, noise = noised(a.train_scheduler, x0, generator)
     if guidance:
-        out = unet(torch.cat([xt, xt]), torch.cat([t, t]),
-                   encoder_hidden_states=torch.cat([cond, null.expand(len(cond), -1, -1)])).sample
+        out = a.denoise(model, torch.cat([xt, xt]), torch.cat([t, t]), torch.cat([cond, null.expand(len(cond), -1, -1)]))
         c, u = out.chunk(2)
         pred = (1 + guidance) * c - guidance * u
     else:
-        pred = unet(xt, t, encoder_hidden_states=cond).sample
-    return F.mse_loss(pred.float(), diffusion_target(sched, x0, noise, t).float())
+        pred = a.denoise(model, xt, t, cond)
+    return F.mse_loss(pred.float(), diffusion_target(a.train_scheduler, x0, noise, t).float())
 
 
-def forget_gradients(unet, sched, x0, cond, null, guidance: float, batch: int, generator,
+def forget_gradients(pipe, unet, x0, cond, null, guidance: float, batch: int, generator,
                      rng: np.random.Generator, passes: int | None = None, abs_each: bool = False) -> dict:
     """Gradient of the forgetting loss (guided_forget_loss) w.r.t. every UNet parameter, accumulated over
     batches of the forget latents: one shuffled pass when `passes` is None (SalUn: sum of the signed
@@ -198,7 +182,7 @@ def forget_gradients(unet, sched, x0, cond, null, guidance: float, batch: int, g
         groups = [rng.choice(len(x0), size=min(batch, len(x0)), replace=False) for _ in range(passes)]
     for idx in groups:
         unet.zero_grad(set_to_none=True)
-        guided_forget_loss(unet, sched, x0[idx], cond[idx], null, guidance, generator).backward()
+        guided_forget_loss(pipe, unet, x0[idx], cond[idx], null, guidance, generator).backward()
         for n, p in params:
             if p.grad is not None:
                 acc[n] += p.grad.abs() if abs_each else p.grad
@@ -220,12 +204,13 @@ def top_fraction_mask(scores: dict, fraction: float) -> dict:
 
 
 def unlearning_setup(pipe, req: EraseRequest, cfg):
-    """The start of SalUn, EraseDiff and ScissorHands: the frozen original UNet, the forget/retain data it
-    draws, the training noise schedule, and the seeded generators (numpy for choices, torch for noise)."""
-    base = pipe.unet.eval().requires_grad_(False)
-    data = UnlearningData(pipe, req, cfg.forget_images, cfg.retain_images, cfg.sample_steps, cfg.guidance_scale,
+    """The start of SalUn, EraseDiff and ScissorHands: the adapter, the frozen original UNet, the forget/retain
+    data it draws, and the seeded generators (numpy for choices, torch for noise)."""
+    a = adapter_for(pipe)
+    base = a.unet.eval().requires_grad_(False)
+    data = UnlearningData(a, req, cfg.forget_images, cfg.retain_images, cfg.sample_steps, cfg.guidance_scale,
                           cfg.seed)
-    return base, data, train_scheduler(pipe), np.random.default_rng(cfg.seed), torch.Generator().manual_seed(cfg.seed)
+    return a, base, data, np.random.default_rng(cfg.seed), torch.Generator().manual_seed(cfg.seed)
 
 
 class SalUnConfig(MethodConfig):
@@ -257,9 +242,10 @@ class SalUn(Eraser):
         check_unlearning_request(pipe, req)
 
     def erase(self, pipe, req: EraseRequest, cfg: SalUnConfig) -> dict:
-        base, data, sched, rng, gen = unlearning_setup(pipe, req, cfg)
+        a, base, data, rng, gen = unlearning_setup(pipe, req, cfg)
         unet = copy.deepcopy(base).requires_grad_(True)
-        scores = forget_gradients(unet, sched, data.forget, data.forget_cond, data.null, cfg.saliency_guidance,
+        # 1. weight saliency: |sum of the forgetting loss's gradients| over the forget set; keep the top mask_ratio
+        scores = forget_gradients(a, unet, data.forget, data.forget_cond, data.null, cfg.saliency_guidance,
                                   cfg.batch_size, gen, rng)
         mask = top_fraction_mask(scores, cfg.mask_ratio)
         params = []
@@ -267,23 +253,26 @@ class SalUn(Eraser):
             p.requires_grad_(bool(mask[n].any()))
             if p.requires_grad:
                 params.append((p, mask[n].to(p.dtype)))
-        opt = torch.optim.Adam([p for p, _ in params], lr=cfg.lr)
         retain = cycling_batches(len(data.retain), cfg.batch_size, rng)
-        advance = self.progress(cfg.epochs * -(-len(data.forget) // cfg.batch_size))
-        for _ in range(cfg.epochs):
-            for idx in epoch_batches(len(data.forget), cfg.batch_size, rng):
-                r = retain.next()
-                l_f = random_label_loss(unet, sched, data.forget[idx], data.forget_cond[idx],
-                                        data.pseudo(len(idx), rng), gen)
-                l_r = diffusion_loss(unet, sched, data.retain[r], data.retain_cond[r], gen)
-                loss = l_f + cfg.alpha * l_r
-                opt.zero_grad(set_to_none=True)
-                loss.backward()
-                for p, m in params:
-                    if p.grad is not None:
-                        p.grad.mul_(m)
-                opt.step()
-                advance(1, loss=loss.item(), forget=l_f.item(), retain=l_r.item())
+        batches = []
+
+        def compute_loss(_step):  # 2. random-label fine-tuning: L = L_f(pseudo) + alpha L_diff(retain)
+            if not batches:
+                batches.extend(epoch_batches(len(data.forget), cfg.batch_size, rng))
+            idx = batches.pop(0)
+            r = retain.next()
+            l_f = random_label_loss(a, unet, data.forget[idx], data.forget_cond[idx], data.pseudo(len(idx), rng), gen)
+            l_r = diffusion_loss(a, unet, data.retain[r], data.retain_cond[r], gen)
+            return l_f + cfg.alpha * l_r, {"forget": l_f.item(), "retain": l_r.item()}
+
+        def masked():  # theta <- theta - lr Adam(m (.) grad L)
+            for p, m in params:
+                if p.grad is not None:
+                    p.grad.mul_(m)
+
+        steps = cfg.epochs * -(-len(data.forget) // cfg.batch_size)
+        FineTune([p for p, _ in params], Adam(lr=cfg.lr), adjust_gradients=masked).run(
+            steps, compute_loss, self.progress(steps))
         unet.requires_grad_(False).eval()
         pipe.unet = unet
         return changed_tensors(unet.named_parameters(), dict(base.named_parameters()))

@@ -82,11 +82,12 @@ from typing import Literal
 import torch
 from pydantic import Field
 
+from ..diffusion.arch import adapter_for
+from ..diffusion.noise import diffusion_loss
 from ..errors import UserError
 from .base import EraseRequest, Eraser, MethodConfig, register
-from .common import changed_tensors, diffusion_loss
-from .salun import (check_unlearning_request, cycling_batches, epoch_batches,
-                    forget_gradients, random_label_loss, top_fraction_mask, unlearning_setup)
+from .salun import check_unlearning_request, forget_gradients, random_label_loss, top_fraction_mask, unlearning_setup
+from .train import Adam, FineTune, changed_tensors, cycling_batches, epoch_batches
 
 OFFICIAL_TRIM = ("up_blocks.1.attentions.1.", "up_blocks.2.attentions.1.")  # CompVis output_blocks.4 / .7
 
@@ -179,56 +180,67 @@ class ScissorHands(Eraser):
 
     def check(self, pipe, req: EraseRequest, cfg: ScissorHandsConfig):
         check_unlearning_request(pipe, req)
-        if not trim_layers(pipe.unet, cfg.trim):
+        if not trim_layers(adapter_for(pipe).unet, cfg.trim):
             hint = "; try --set trim=attn1 or --set trim=all" if cfg.trim != "all" else ""
             raise UserError(f"this model's UNet has no layers of kind trim={cfg.trim!r} to re-initialise{hint}")
 
     def erase(self, pipe, req: EraseRequest, cfg: ScissorHandsConfig) -> dict:
-        base, data, sched, rng, gen = unlearning_setup(pipe, req, cfg)
+        a, base, data, rng, gen = unlearning_setup(pipe, req, cfg)
         unet = copy.deepcopy(base).requires_grad_(True)
         params = list(unet.parameters())
-        advance = self.progress(cfg.prune_num + cfg.epochs * -(-len(data.forget) // cfg.batch_size))
+        per_epoch = -(-len(data.forget) // cfg.batch_size)
+        advance = self.progress(cfg.prune_num + cfg.epochs * per_epoch)
 
         # 1. trim: SNIP scores |w * sum_b |grad_b||, top 1 - sparsity over the whole UNet, re-initialised in `trim`
-        grads = forget_gradients(unet, sched, data.forget, data.forget_cond, data.null, cfg.snip_guidance,
+        grads = forget_gradients(a, unet, data.forget, data.forget_cond, data.null, cfg.snip_guidance,
                                  cfg.batch_size, gen, rng, passes=cfg.prune_num, abs_each=True)
         scores = {n: (grads[n] * p.detach()).abs() for n, p in unet.named_parameters()}
         trimmed = trim(unet, scores, cfg.sparsity, trim_layers(unet, cfg.trim), gen)
         advance(cfg.prune_num, trimmed=trimmed)
 
         # 2. repair: L_r + lam * forget term, gradient projected so that the forget loss does not fall
-        opt = torch.optim.Adam(params, lr=cfg.lr)
         retain = cycling_batches(len(data.retain), cfg.batch_size, rng)
-        for _ in range(cfg.epochs):
-            memories = self._memories(unet, sched, data, cfg, params, gen, rng) if cfg.project else None
-            for idx in epoch_batches(len(data.forget), cfg.batch_size, rng):
-                r = retain.next()
-                l_r = diffusion_loss(unet, sched, data.retain[r], data.retain_cond[r], gen)
-                x, c = data.forget[idx], data.forget_cond[idx]
-                if cfg.forget_loss == "pseudo":
-                    loss = l_r + cfg.lam * random_label_loss(unet, sched, x, c, data.pseudo(len(idx), rng), gen)
-                else:
-                    loss = l_r - cfg.lam * diffusion_loss(unet, sched, x, c, gen)
-                opt.zero_grad(set_to_none=True)
-                loss.backward()
-                projected = False
-                if memories is not None:
-                    g = torch.cat([p.grad.flatten() if p.grad is not None else torch.zeros(p.numel()) for p in params])
-                    if bool((memories @ g < 0).any()):
-                        g = project_gradient(g.double(), memories.double(), cfg.margin).float()
-                        projected = True
-                        at = 0
-                        for p in params:
-                            p.grad = g[at:at + p.numel()].view_as(p).clone()
-                            at += p.numel()
-                opt.step()
-                advance(1, loss=loss.item(), retain=l_r.item(), projected=projected)
+        state = {"batches": [], "memories": None, "projected": False}
+
+        def compute_loss(_step):
+            if not state["batches"]:  # a new epoch: memory gradients, then one shuffled pass over the forget set
+                state["memories"] = self._memories(a, unet, data, cfg, params, gen, rng) if cfg.project else None
+                state["batches"] = epoch_batches(len(data.forget), cfg.batch_size, rng)
+            idx = state["batches"].pop(0)
+            r = retain.next()
+            l_r = diffusion_loss(a, unet, data.retain[r], data.retain_cond[r], gen)
+            x, c = data.forget[idx], data.forget_cond[idx]
+            if cfg.forget_loss == "pseudo":
+                loss = l_r + cfg.lam * random_label_loss(a, unet, x, c, data.pseudo(len(idx), rng), gen)
+            else:
+                loss = l_r - cfg.lam * diffusion_loss(a, unet, x, c, gen)
+            return loss, {"retain": l_r.item()}
+
+        def project():  # GEM: where <g, m_k> < 0 for some memory, g <- g + M^T v
+            memories = state["memories"]
+            state["projected"] = False
+            if memories is None:
+                return
+            g = torch.cat([p.grad.flatten() if p.grad is not None else torch.zeros(p.numel()) for p in params])
+            if bool((memories @ g < 0).any()):
+                g = project_gradient(g.double(), memories.double(), cfg.margin).float()
+                state["projected"] = True
+                at = 0
+                for p in params:
+                    p.grad = g[at:at + p.numel()].view_as(p).clone()
+                    at += p.numel()
+
+        def report(k=1, **info):
+            info["projected"] = state["projected"]
+            advance(k, **info)
+
+        FineTune(params, Adam(lr=cfg.lr), adjust_gradients=project).run(cfg.epochs * per_epoch, compute_loss, report)
         unet.requires_grad_(False).eval()
         pipe.unet = unet
         return changed_tensors(unet.named_parameters(), dict(base.named_parameters()))
 
     @staticmethod
-    def _memories(unet, sched, data, cfg, params, gen, rng) -> torch.Tensor:
+    def _memories(a, unet, data, cfg, params, gen, rng) -> torch.Tensor:
         """memory_num gradients of the forgetting term on random forget batches (memory_num x p): of the
         random-label loss (forget_loss pseudo) or of -L_diff (ascent, the classification code's -CE)."""
         out = []
@@ -236,9 +248,9 @@ class ScissorHands(Eraser):
             idx = rng.choice(len(data.forget), size=min(cfg.batch_size, len(data.forget)), replace=False)
             x, c = data.forget[idx], data.forget_cond[idx]
             if cfg.forget_loss == "pseudo":
-                loss = random_label_loss(unet, sched, x, c, data.pseudo(len(idx), rng), gen)
+                loss = random_label_loss(a, unet, x, c, data.pseudo(len(idx), rng), gen)
             else:
-                loss = -diffusion_loss(unet, sched, x, c, gen)
+                loss = -diffusion_loss(a, unet, x, c, gen)
             grads = torch.autograd.grad(loss, params, allow_unused=True)
             out.append(torch.cat([(torch.zeros_like(p) if g is None else g).flatten() for g, p in zip(grads, params)]))
         return torch.stack(out).detach()

@@ -84,9 +84,10 @@ import numpy as np
 import torch
 from pydantic import BaseModel, ConfigDict, Field
 
+from ..diffusion.arch import adapter_for
+from ..diffusion.sampling import pipeline_images
 from ..errors import UserError
 from .base import EraseRequest, Eraser, MethodConfig, register
-from .common import check_prompt
 
 # the paper's hyper-parameter configurations (as in the official model card AIML-TUDA/stable-diffusion-safe)
 PRESETS: dict[str, dict] = {
@@ -138,18 +139,32 @@ class SLD(Eraser):
     source = ("Schramowski et al., Safe Latent Diffusion, CVPR 2023; ml-research/safe-latent-diffusion")
     multi_concept = True  # the targets form one safety concept text, as the paper's list of categories
     kind = "sampling"
+    sampling_type = "sld"
     unet_passes_per_step = 3
     Config = SLDConfig
 
     def check(self, pipe, req: EraseRequest, cfg):
+        a = adapter_for(pipe)
         for t in req.targets:
-            check_prompt(pipe, t, "target")
-        check_prompt(pipe, ", ".join(req.targets), "safety concept")
-        if getattr(pipe.unet.config, "time_cond_proj_dim", None) is not None:
+            a.check_prompt(t, "target")
+        a.check_prompt(", ".join(req.targets), "safety concept")
+        if getattr(a.unet.config, "time_cond_proj_dim", None) is not None:
             raise UserError("SLD extends classifier-free guidance; this model is guidance-distilled and has none")
 
     def sampling(self, req: EraseRequest, cfg: SLDConfig) -> dict:
         return resolve(cfg, ", ".join(req.targets)).model_dump()
+
+    def sampler(self, spec: dict):
+        from pydantic import ValidationError
+
+        try:
+            SLDParams(**spec)
+        except (ValidationError, TypeError) as e:
+            raise UserError(f"artifact's SLD sampling spec is malformed: {str(e).splitlines()[0]}") from None
+
+        def sample(pipe, prompts, negative, latents, steps, guidance, height, width):
+            return sld_sample(pipe, prompts, negative, latents, steps, guidance, height, width, spec)
+        return sample
 
 
 # ---------------------------------------------------------------- the guidance math
@@ -218,8 +233,7 @@ def sld_sample(pipe, prompts: list[str], negative_prompts: list[str] | None, lat
     """
     p = SLDParams(**spec)
     if p.sld_guidance_scale == 0:
-        return pipe(prompt=prompts, negative_prompt=negative_prompts, latents=latents, num_inference_steps=steps,
-                    guidance_scale=guidance, height=height, width=width, output_type="np").images
+        return pipeline_images(pipe, prompts, negative_prompts, latents, steps, guidance, height, width)
     dev = pipe._execution_device
     n = len(prompts)
     cond, uncond = pipe.encode_prompt(prompts, dev, 1, True, negative_prompts)
@@ -233,7 +247,7 @@ def sld_sample(pipe, prompts: list[str], negative_prompts: list[str] | None, lat
     nu = torch.zeros_like(z)
     for i, t in enumerate(sched.timesteps):
         inp = sched.scale_model_input(torch.cat([z] * 3), t)
-        out = pipe.unet(inp, t, encoder_hidden_states=embeds, return_dict=False)[0]
+        out = adapter_for(pipe).denoise(None, inp, t, embeds)
         o_u, o_p, o_s = out.chunk(3)
         guided, nu = sld_combine(o_u, o_p, o_s, nu, i, guidance, p, eps_factor(sched, t))
         z = sched.step(guided, t, z, **extra, return_dict=False)[0]

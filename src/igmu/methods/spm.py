@@ -86,10 +86,12 @@ import torch
 import torch.nn.functional as F
 from pydantic import Field
 
+from ..diffusion.arch import adapter_for
+from ..diffusion.sampling import sample_until
 from ..errors import UserError
 from .base import EraseRequest, Eraser, MethodConfig, register
-from .common import check_prompt, encode, sample_until
 from .lora import inject_lora, lora_parameters, merge_lora, only_adapters
+from .train import AdamW, FineTune
 
 
 class SPMConfig(MethodConfig):
@@ -148,28 +150,28 @@ class SPM(Eraser):
     Config = SPMConfig
 
     def check(self, pipe, req: EraseRequest, cfg: SPMConfig):
+        a = adapter_for(pipe)
         for t in req.targets:
-            check_prompt(pipe, t, "target")
+            a.check_prompt(t, "target")
         if req.anchor and req.anchor.strip():
-            check_prompt(pipe, req.anchor, "anchor")
+            a.check_prompt(req.anchor, "anchor")
         for p in req.preserve:
-            check_prompt(pipe, p, "preserved concept")
+            a.check_prompt(p, "preserved concept")
         if len(set(req.targets)) != len(req.targets):
             raise UserError("the same --target is given twice")
-        if not spm_targets(pipe.unet):
+        if not spm_targets(a.unet):
             raise UserError("this model's UNet has no transformer blocks (Transformer2DModel), so SPM has "
                             "no layers to put its adapter on")
 
     def erase(self, pipe, req: EraseRequest, cfg: SPMConfig) -> dict:
-        from diffusers.optimization import get_cosine_with_hard_restarts_schedule_with_warmup
-
-        unet = pipe.unet.eval().requires_grad_(False)
+        a = adapter_for(pipe)
+        unet = a.unet.eval().requires_grad_(False)
         layers = spm_targets(unet)
         surrogate = req.anchor.strip() if req.anchor and req.anchor.strip() else ""
-        embs, _ = encode(pipe, list(req.targets) + [surrogate, ""])
+        embs, _ = a.encode(list(req.targets) + [surrogate, ""])
         n_t = len(req.targets)
         sur, null = embs[n_t:n_t + 1], embs[n_t + 1:]
-        keep = encode(pipe, list(req.preserve))[0] if req.preserve else None
+        keep = a.encode(list(req.preserve))[0] if req.preserve else None
         advance = self.progress(cfg.iterations * n_t)
         adapters = []
         for i in range(n_t):
@@ -177,23 +179,21 @@ class SPM(Eraser):
             inject_lora(unet, layers, cfg.rank, cfg.alpha, adapter=name, seed=cfg.seed + i)
             adapters.append(name)
             with only_adapters(unet, [name]):
-                self._train(pipe, unet, name, embs[i:i + 1], sur, null, keep, cfg, cfg.seed + 7919 * i, advance,
-                            get_cosine_with_hard_restarts_schedule_with_warmup)
+                self._train(a, unet, name, embs[i:i + 1], sur, null, keep, cfg, cfg.seed + 7919 * i, advance)
         changed = merge_lora(unet, adapters)
         return {f"unet.{k}": v for k, v in changed.items()}
 
-    def _train(self, pipe, unet, adapter, tar, sur, null, keep, cfg: SPMConfig, seed, advance, make_sched):
-        params = lora_parameters(unet, adapter)
-        opt = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
-        sched = make_sched(opt, num_warmup_steps=int(cfg.warmup_fraction * cfg.iterations),
-                           num_training_steps=cfg.iterations, num_cycles=cfg.lr_cycles)
+    def _train(self, a, unet, adapter, tar, sur, null, keep, cfg: SPMConfig, seed, advance):
+        from diffusers.optimization import get_cosine_with_hard_restarts_schedule_with_warmup
+
         rng = np.random.default_rng(seed)
         gen = torch.Generator().manual_seed(seed)
-        for _ in range(cfg.iterations):
+
+        def compute_loss(_step):
             stop = int(rng.integers(1, cfg.sample_steps))  # official torch.randint(1, max_denoising_steps)
             g = torch.Generator().manual_seed(int(rng.integers(0, 2 ** 31)))
             with torch.no_grad():  # x_t from the adapted model, as in train_spm.py
-                xt, t = sample_until(pipe, unet, tar, null, cfg.sample_steps, stop, cfg.guidance_scale, g)
+                xt, t = sample_until(a, unet, tar, null, cfg.sample_steps, stop, cfg.guidance_scale, g)
             anchors = [sample_anchors(tar, cfg.anchor_samples, gen)] if cfg.anchor_samples else []
             if keep is not None:
                 anchors.append(keep)
@@ -201,18 +201,22 @@ class SPM(Eraser):
             n_a = 0 if anchors is None else len(anchors)
             with torch.no_grad(), only_adapters(unet, []):  # the frozen model theta
                 conds = torch.cat([tar, sur] + ([anchors] if n_a else []))
-                frozen = unet(xt.expand(len(conds), -1, -1, -1), t, encoder_hidden_states=conds).sample
+                frozen = a.denoise(unet, xt.expand(len(conds), -1, -1, -1), t, conds)
                 e_pos, e_neu, e_anc0 = frozen[:1], frozen[1:2], frozen[2:]
                 goal = e_neu - cfg.negative_guidance * (e_pos - e_neu)
             conds = torch.cat([tar] + ([anchors] if n_a else []))
-            out = unet(xt.expand(len(conds), -1, -1, -1), t, encoder_hidden_states=conds).sample
-            loss_erase = F.mse_loss(out[:1], goal)
+            out = a.denoise(unet, xt.expand(len(conds), -1, -1, -1), t, conds)
+            loss_erase = F.mse_loss(out[:1], goal)  # L_erase
             loss = loss_erase
             if n_a:
-                loss_la = F.mse_loss(out[1:], e_anc0)
-                loss = loss + cfg.la_strength * loss_la
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
-            sched.step()
-            advance(1, loss=loss.item(), erase=loss_erase.item())
+                loss = loss + cfg.la_strength * F.mse_loss(out[1:], e_anc0)  # + lambda L_LA
+            return loss, {"erase": loss_erase.item()}
+
+        def schedule(opt):  # official cosine_with_restarts, warm-up and cycles scaled with `iterations`
+            return get_cosine_with_hard_restarts_schedule_with_warmup(
+                opt, num_warmup_steps=int(cfg.warmup_fraction * cfg.iterations), num_training_steps=cfg.iterations,
+                num_cycles=cfg.lr_cycles)
+
+        loop = FineTune(lora_parameters(unet, adapter), AdamW(lr=cfg.lr, weight_decay=cfg.weight_decay),
+                        lr_schedule=schedule)
+        loop.run(cfg.iterations, compute_loss, advance)

@@ -25,8 +25,9 @@ from __future__ import annotations
 import torch
 from pydantic import Field
 
+from ..diffusion.arch import adapter_for
 from .base import EraseRequest, Eraser, MethodConfig, register
-from .common import check_prompt, closed_form_edit, cross_attentions, encode
+from .common import check_targets, closed_form_edit
 
 
 class UCEConfig(MethodConfig):
@@ -57,28 +58,29 @@ class UCE(Eraser):
     Config = UCEConfig
 
     def check(self, pipe, req: EraseRequest, cfg):
-        for t in req.targets:
-            check_prompt(pipe, t, "target")
+        a = adapter_for(pipe)
+        check_targets(a, req)
         for p in req.preserve:
-            check_prompt(pipe, p, "preserved concept")
-        cross_attentions(pipe.unet)
+            a.check_prompt(p, "preserved concept")
+        a.kv_projections()
 
     @torch.no_grad()
     def erase(self, pipe, req: EraseRequest, cfg: UCEConfig) -> dict:
+        a = adapter_for(pipe)
         anchor = req.anchor if req.anchor and req.anchor.strip() else " "
-        hs, mask = encode(pipe, list(req.targets) + [anchor])
+        hs, mask = a.encode(list(req.targets) + [anchor])
+        hs = a.text_rows(hs)
         pairs = [_concept_rows(hs, mask, i, len(req.targets)) for i in range(len(req.targets))]
         K = torch.cat([k for k, _ in pairs])  # target token rows
-        A = torch.cat([a for _, a in pairs])  # anchor token rows, aligned
-        keep = encode(pipe, list(req.preserve))[0].reshape(-1, hs.shape[-1]) if req.preserve else None
+        A = torch.cat([v for _, v in pairs])  # anchor token rows, aligned
+        keep = a.text_rows(a.encode(list(req.preserve))[0]).reshape(-1, hs.shape[-1]) if req.preserve else None
         changed = {}
-        for name, attn in cross_attentions(pipe.unet):
-            for proj in (["to_v", "to_k"] if cfg.with_to_k else ["to_v"]):
-                lin = getattr(attn, proj)
+        for kv in a.kv_projections():
+            for name, lin in ([(kv.value, kv.v), (kv.key, kv.k)] if cfg.with_to_k else [(kv.value, kv.v)]):
                 W = lin.weight.detach().float().cpu()
                 V = A.float().cpu() @ W.T  # v* = W a
                 W_new = closed_form_edit(W, K.float().cpu(), V, None if keep is None else keep.float().cpu(),
                                          cfg.lamb, cfg.erase_scale, cfg.preserve_scale)
                 lin.weight.copy_(W_new.to(lin.weight.dtype))
-                changed[f"unet.{name}.{proj}.weight"] = lin.weight.detach().cpu().clone()
+                changed[f"unet.{name}.weight"] = lin.weight.detach().cpu().clone()
         return changed

@@ -1,6 +1,10 @@
-"""Load any diffusers text-to-image pipeline: the shipped mini model, a local folder, or a hub id."""
+"""Load any diffusers text-to-image pipeline: the shipped mini model, a local folder, or a hub id.
+
+Plain pipelines only: loading an igmu artifact (a base model plus changed tensors) is artifacts.load_model,
+a layer above."""
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import re
@@ -37,32 +41,29 @@ def resolve_model(spec: str) -> str:
     raise UserError(f"unknown model {spec!r}: no such folder; give 'mini', a local diffusers pipeline folder, or a hub id")
 
 
-def load_pipeline(spec: str, device: str = "cpu", dtype=None):
-    """A diffusers DiffusionPipeline for text-to-image, with the progress bar off and no safety checker.
+def model_hash(where: str) -> str:
+    """sha256 over a pipeline folder's configs and weights (a hub id hashes as its name)."""
+    p = Path(where)
+    if not p.is_dir():
+        return "hub:" + where
+    h = hashlib.sha256()
+    for f in sorted(p.rglob("*")):
+        if f.is_file() and f.suffix in (".json", ".safetensors", ".txt", ".bin"):
+            h.update(str(f.relative_to(p)).encode())
+            with open(f, "rb") as fh:
+                for chunk in iter(lambda: fh.read(1 << 20), b""):
+                    h.update(chunk)
+    return h.hexdigest()
 
-    `spec` may also be an igmu artifact folder: its base model is loaded and the artifact applied.
-    An inference-time artifact (manifest "sampling") changes no weights: its sampling spec is attached
-    as `pipe.igmu_sampling`, which `generate.generate_images` honours (plain `pipe(...)` calls do not).
-    """
+
+def load_pipeline(spec: str, device: str = "cpu", dtype=None):
+    """A diffusers DiffusionPipeline for text-to-image, with the progress bar off and no safety checker."""
     from diffusers import DiffusionPipeline
     from diffusers.utils import logging as diffusers_logging
     from transformers.utils import logging as transformers_logging
 
-    from ..methods.artifact import apply_tensors, is_artifact, load_artifact
-
     diffusers_logging.disable_progress_bar()
     transformers_logging.disable_progress_bar()
-
-    if spec and is_artifact(spec):
-        manifest, tensors = load_artifact(spec)
-        pipe = load_pipeline(manifest["base_model"], device, dtype)
-        apply_tensors(pipe, tensors)
-        if manifest.get("sampling"):
-            from ..generate import check_sampling
-
-            check_sampling(manifest["sampling"])
-            pipe.igmu_sampling = manifest["sampling"]
-        return pipe
 
     where = resolve_model(spec)
     kwargs = {}

@@ -9,7 +9,9 @@ resulting hidden states:
 
 - UnlearnDiffAtk (attacks/unlearndiffatk.py): the unlearned UNet's denoising
   loss on latents of the target drawn by the original model;
-- AdvUnlearn, Receler, DoCo (methods/): the loss their inner maximisation uses.
+- AdvUnlearn, Receler (methods/): the loss their inner maximisation uses.
+
+It lives in the diffusion layer, below both methods/ and attacks/, which share it.
 
 discrete=True keeps the attack a real prompt: the forward pass uses the nearest
 vocabulary embedding of each slot and the gradient passes straight through to
@@ -26,6 +28,7 @@ from typing import Callable
 import torch
 
 from ..errors import UserError
+from .arch import adapter_for
 
 
 @dataclass
@@ -39,17 +42,11 @@ class AdvPrompt:
     stopped_at: int | None = None  # iteration at which on_step asked to stop (success), if it did
 
 
-def token_table(text_encoder) -> torch.nn.Embedding:
-    emb = text_encoder.get_input_embeddings()
-    if not isinstance(emb, torch.nn.Embedding):
-        raise UserError("this text encoder has no token-embedding table, so prompt tokens cannot be attacked")
-    return emb
-
-
-def slotted_ids(tokenizer, prompt: str, k: int, fill: list[int]) -> tuple[torch.Tensor, list[int]]:
+def slotted_ids(pipe, prompt: str, k: int, fill: list[int]) -> tuple[torch.Tensor, list[int]]:
     """Token ids of `prompt` with k slots inserted after the start token, padded to the model length."""
-    L = tokenizer.model_max_length
-    ids = tokenizer(prompt, truncation=True, max_length=L).input_ids
+    a = adapter_for(pipe)
+    tokenizer, L = a.tokenizer, a.max_length
+    ids = a.token_ids(prompt)
     if len(ids) + k > L:
         raise UserError(f"prompt {prompt!r} leaves no room for {k} adversarial tokens (limit {L} tokens)")
     ids = ids[:1] + list(fill) + ids[1:]
@@ -59,10 +56,11 @@ def slotted_ids(tokenizer, prompt: str, k: int, fill: list[int]) -> tuple[torch.
 
 
 class with_slots:
-    """Context manager: while active, the text encoder's token embeddings at `positions` are `vectors`."""
+    """Context manager: while active, the token embeddings at `positions` are `vectors` (in `table`, the text
+    encoder's token-embedding layer)."""
 
-    def __init__(self, text_encoder, positions: list[int], vectors: torch.Tensor):
-        self.table, self.positions, self.vectors = token_table(text_encoder), positions, vectors
+    def __init__(self, table: torch.nn.Embedding, positions: list[int], vectors: torch.Tensor):
+        self.table, self.positions, self.vectors = table, positions, vectors
 
     def __enter__(self):
         def hook(_mod, _inp, out):
@@ -77,10 +75,13 @@ class with_slots:
         return False
 
 
-def encode_slots(text_encoder, ids: torch.Tensor, positions: list[int], vectors: torch.Tensor) -> torch.Tensor:
-    """Text-encoder hidden states (1 x L x D) of `ids` with `vectors` at `positions` (keeps autograd)."""
-    with with_slots(text_encoder, positions, vectors):
-        return text_encoder(ids.to(text_encoder.device))[0]
+def encode_slots(pipe, ids: torch.Tensor, positions: list[int], vectors: torch.Tensor,
+                 text_encoder=None) -> torch.Tensor:
+    """Conditioning (1 x L x D) of `ids` with `vectors` at `positions` (keeps autograd); `text_encoder`
+    defaults to the pipeline's."""
+    a = adapter_for(pipe)
+    with with_slots(a.token_embeddings(text_encoder), positions, vectors):
+        return a.encode_ids(ids, text_encoder)
 
 
 def _allowed(tokenizer, vocab: int) -> torch.Tensor:
@@ -110,13 +111,13 @@ def optimise_prompt(pipe, prompt: str, loss_of: Callable[[torch.Tensor], torch.T
     """
     if k < 1 or steps < 1:
         raise UserError(f"an adversarial prompt needs at least 1 token and 1 step (got k={k}, steps={steps})")
-    te = text_encoder if text_encoder is not None else pipe.text_encoder
-    table = token_table(te).weight
-    allowed = _allowed(pipe.tokenizer, table.shape[0])
+    a = adapter_for(pipe)
+    table = a.token_embeddings(text_encoder).weight
+    allowed = _allowed(a.tokenizer, table.shape[0])
     choices = allowed.nonzero().flatten()
     init = choices[torch.randint(len(choices), (k,), generator=generator)]
     vectors = table[init].detach().clone().float().requires_grad_(True)
-    ids, positions = slotted_ids(pipe.tokenizer, prompt, k, init.tolist())
+    ids, positions = slotted_ids(a, prompt, k, init.tolist())
     opt = torch.optim.Adam([vectors], lr=lr)
     result = AdvPrompt(ids, positions, vectors.detach().clone(), "", discrete)
 
@@ -125,7 +126,7 @@ def optimise_prompt(pipe, prompt: str, loss_of: Callable[[torch.Tensor], torch.T
         ids2 = ids.clone()
         ids2[0, positions] = picked
         result.ids, result.vectors = ids2, vec.detach().clone()
-        words = pipe.tokenizer.decode(picked.tolist()).strip()
+        words = a.tokenizer.decode(picked.tolist()).strip()
         result.text = f"{words} {prompt}".strip()
 
     for i in range(steps):
@@ -134,7 +135,7 @@ def optimise_prompt(pipe, prompt: str, loss_of: Callable[[torch.Tensor], torch.T
             used = vectors + (proj - vectors).detach()
         else:
             used = vectors
-        loss = loss_of(encode_slots(te, ids, positions, used))
+        loss = loss_of(encode_slots(a, ids, positions, used, text_encoder))
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
@@ -148,8 +149,8 @@ def optimise_prompt(pipe, prompt: str, loss_of: Callable[[torch.Tensor], torch.T
 
 def slot_conditioning(pipe, adv: AdvPrompt, text_encoder=None) -> torch.Tensor:
     """Hidden states of an attack result: the exact tokens (discrete) or the soft slot vectors."""
-    te = text_encoder if text_encoder is not None else pipe.text_encoder
+    a = adapter_for(pipe)
     with torch.no_grad():
         if adv.discrete:
-            return te(adv.ids.to(te.device))[0]
-        return encode_slots(te, adv.ids, adv.positions, adv.vectors)
+            return a.encode_ids(adv.ids, text_encoder)
+        return encode_slots(a, adv.ids, adv.positions, adv.vectors, text_encoder)
