@@ -40,11 +40,12 @@ def check_ray(address: str | None) -> None:
         _check_address(address)
 
 
-def run_ray(cells: list[dict], bench_dir: str, cfg_dict: dict, resources, address: str | None, tracker) -> None:
+def run_ray(run_cell, cells: list[dict], bench_dir: str, cfg_dict: dict, resources, address: str | None,
+            tracker) -> None:
+    """Run `run_cell` (runner.run_cell) on every cell as Ray tasks."""
     check_ray(address)
     import ray
 
-    from .runner import run_cell
     env = {"env_vars": {"OMP_NUM_THREADS": str(max(1, int(resources.cpus))), "TRANSFORMERS_VERBOSITY": "error",
                         "DIFFUSERS_VERBOSITY": "error", "HF_HUB_OFFLINE": os.environ.get("HF_HUB_OFFLINE", "1")}}
     started_here = not ray.is_initialized()

@@ -176,12 +176,8 @@ def task_from_dict(data: dict, where: str = "task", base_dir: Path | None = None
     return task
 
 
-def load_task(spec: str) -> Task:
-    """A task from a YAML/JSON file, or a built-in mini-world task 'mini:<name>' (e.g. mini:style-striped)."""
-    if spec.startswith("mini:"):
-        from .mini import mini_task
-
-        return mini_task(spec.split(":", 1)[1])
+def task_from_file(spec: str) -> Task:
+    """A task from a YAML/JSON file."""
     path = Path(spec)
     return task_from_dict(_read_mapping(path, "task file"), f"task file {path}", path.parent)
 
