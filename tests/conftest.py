@@ -3,6 +3,7 @@ import os
 os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
 os.environ.setdefault("DIFFUSERS_VERBOSITY", "error")
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")  # as the CLI sets it (transformers reads it on import)
 
 import warnings  # noqa: E402
 
@@ -48,4 +49,26 @@ def plain_unet_model(tmp_path_factory):
     pipe.register_modules(unet=pipe.unet)
     path = tmp_path_factory.mktemp("plain") / "sd1-plain"
     pipe.save_pretrained(str(path))
+    return path
+
+
+@pytest.fixture(scope="session")
+def tiny_clip(tmp_path_factory):
+    """A tiny random transformers CLIP (mini-world tokenizer) saved with its image processor: a local CLIP."""
+    from transformers import CLIPConfig, CLIPImageProcessor, CLIPModel, CLIPTokenizer
+
+    from igmu.world.judges import JUDGES_DIR
+
+    tok = CLIPTokenizer.from_pretrained(str(JUDGES_DIR / "clip"))
+    torch.manual_seed(0)
+    text = dict(vocab_size=len(tok), hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=2,
+                max_position_embeddings=32, bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id,
+                pad_token_id=tok.pad_token_id)
+    vision = dict(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=2, image_size=32,
+                  patch_size=8, num_channels=3)
+    model = CLIPModel(CLIPConfig(text_config=text, vision_config=vision, projection_dim=16))
+    path = tmp_path_factory.mktemp("clip") / "tiny-clip"
+    model.save_pretrained(str(path))
+    tok.save_pretrained(str(path))
+    CLIPImageProcessor(size={"shortest_edge": 32}, crop_size={"height": 32, "width": 32}).save_pretrained(str(path))
     return path

@@ -12,7 +12,7 @@ import pytest
 import yaml
 
 from igmu.tasks import task_to_yaml
-from igmu.tasks.mini import mini_task
+from igmu.world.tasks import mini_task
 
 from cli_helpers import cli
 from cli_helpers import one_line_error as _one_line_error

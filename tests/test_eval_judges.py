@@ -98,25 +98,6 @@ def test_nudenet_presence_rules():
 
 # ---------------------------------------------------------------- clip (zero-shot, transformers CLIP)
 
-@pytest.fixture(scope="module")
-def tiny_clip(tmp_path_factory):
-    import torch
-    from transformers import CLIPConfig, CLIPImageProcessor, CLIPModel, CLIPTokenizer
-
-    tok = CLIPTokenizer.from_pretrained(str(JUDGES_DIR / "clip"))
-    torch.manual_seed(0)
-    text = dict(vocab_size=len(tok), hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=2,
-                max_position_embeddings=32, bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id,
-                pad_token_id=tok.pad_token_id)
-    vision = dict(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=2, image_size=32,
-                  patch_size=8, num_channels=3)
-    model = CLIPModel(CLIPConfig(text_config=text, vision_config=vision, projection_dim=16))
-    path = tmp_path_factory.mktemp("clip") / "tiny-clip"
-    model.save_pretrained(str(path))
-    tok.save_pretrained(str(path))
-    CLIPImageProcessor(size={"shortest_edge": 32}, crop_size={"height": 32, "width": 32}).save_pretrained(str(path))
-    return path
-
 
 def test_clip_zero_shot_raw_present_and_determinism(tiny_clip):
     from igmu.evaluation.clip_judge import ClipJudge
@@ -232,22 +213,24 @@ def test_clip_head_input_errors(tmp_path):
             Image.fromarray(np.zeros((size, size, 3), np.uint8)).save(d / f"{i}.png")
 
     out = tmp_path / "out"
-    _one_line_error(lambda: train_head(tmp_path / "missing", out), "does not exist")
+    mc = "mini-clip"
+    _one_line_error(lambda: train_head(tmp_path / "missing", out), "--clip")
+    _one_line_error(lambda: train_head(tmp_path / "missing", out, clip=mc), "does not exist")
     (tmp_path / "empty").mkdir()
-    _one_line_error(lambda: train_head(tmp_path / "empty", out), "no class folders")
+    _one_line_error(lambda: train_head(tmp_path / "empty", out, clip=mc), "no class folders")
     imgs(tmp_path / "one" / "cat", 3)
-    _one_line_error(lambda: train_head(tmp_path / "one", out), "at least 2 classes")
+    _one_line_error(lambda: train_head(tmp_path / "one", out, clip=mc), "at least 2 classes")
     imgs(tmp_path / "few" / "cat", 3)
     imgs(tmp_path / "few" / "dog", 1)
-    _one_line_error(lambda: train_head(tmp_path / "few", out), "'dog'", "at least 2")
+    _one_line_error(lambda: train_head(tmp_path / "few", out, clip=mc), "'dog'", "at least 2")
     imgs(tmp_path / "bad" / "cat", 2)
     imgs(tmp_path / "bad" / "dog", 2)
     (tmp_path / "bad" / "dog" / "broken.png").write_bytes(b"not an image")
-    _one_line_error(lambda: train_head(tmp_path / "bad", out), "broken.png")
+    _one_line_error(lambda: train_head(tmp_path / "bad", out, clip=mc), "broken.png")
     imgs(tmp_path / "big" / "cat", 2)
     imgs(tmp_path / "big" / "dog", 2, size=64)
     _one_line_error(lambda: train_head(tmp_path / "big", out, clip="mini-clip"), "32x32", "dog")
     _one_line_error(lambda: train_head(tmp_path / "big", out, clip="openai"), "mini-clip")
-    _one_line_error(lambda: train_head(tmp_path / "big", out, val_fraction=1.5), "val_fraction")
+    _one_line_error(lambda: train_head(tmp_path / "big", out, clip=mc, val_fraction=1.5), "val_fraction")
     _one_line_error(lambda: ClipHeadJudge(f"clip-head:{tmp_path / 'nohead'}"), "no judge head")
     assert not out.exists()  # nothing half-written

@@ -42,8 +42,11 @@ def test_original_against_itself(small_task, tmp_path):
     assert abs(a["quality"]["retain"]["kid"]["value"]) < 2e-3
     al = a["alignment"]
     assert al["clip_score_retain"]["value"] == al["clip_score_retain_original"]["value"]
-    # the original draws the style, so its images fit the style-stripped prompt less well: CSDR > 0
-    assert al["csdr"]["value"] > 0.05 and al["csdr"]["lo"] <= al["csdr"]["value"] <= al["csdr"]["hi"]
+    # CSDR as IGMU defines it: the original's own CSDR is the reference row (not zero: its forget images show
+    # the style, which the stripped prompt lacks); a model identical to the original has exactly that CSDR
+    assert al["csdr"] == al["csdr_original"] and al["csdr"]["lo"] <= al["csdr"]["value"] <= al["csdr"]["hi"]
+    assert al["csdr"]["n"] == len(small_task.forget()["explicit"]) and al["csdr"]["value"] > 0
+    assert res["settings"]["metrics"]["features"]["spec"] == "mini-clip"  # the mini world's own images
     for rec in res["records"]:
         assert {"role", "set", "group", "prompt", "seed", "key", "target_shown"} <= set(rec)
     assert res["schema"] == "igmu-results" and res["schema_version"] == 1
@@ -134,7 +137,8 @@ def test_pregenerated_images_in_igmu_layout(small_task, tmp_path):
                     Image.fromarray(img).save(d / f"{i}_{j}_0.png")
     assert model_fingerprint("mini")
     out = tmp_path / "ev"
-    r = _cli("evaluate", "--task", "mini:style-striped", "--images", str(tmp_path / "imgs"), "--method", "m",
+    r = _cli("evaluate", "--task", "mini:style-striped", "--images", str(tmp_path / "imgs"), "--layout", "igmu-task",
+             "--method", "m",
              "--aspects", "forgetting,preservation", "-n", "1", "--out", str(out), "--cache", str(tmp_path / "c2"))
     assert r.returncode == 0, r.stderr
     got = json.loads((out / "results.json").read_text())["aggregates"]
@@ -143,7 +147,8 @@ def test_pregenerated_images_in_igmu_layout(small_task, tmp_path):
     # bad input: mixed sizes, empty folder, layout mismatch
     bad = root / "retain" / "m" / "0_0_0.png"
     Image.fromarray(np.zeros((16, 16, 3), np.uint8)).save(bad)
-    args = ["evaluate", "--task", "mini:style-striped", "--method", "m", "--aspects", "preservation", "-n", "1"]
+    args = ["evaluate", "--task", "mini:style-striped", "--layout", "igmu-task", "--method", "m", "--aspects",
+            "preservation", "-n", "1"]
     _one_line_error(_cli(*args, "--images", str(tmp_path / "imgs"), "--out", str(tmp_path / "e1")), "mixed sizes")
     (tmp_path / "empty").mkdir()
     _one_line_error(_cli(*args, "--images", str(tmp_path / "empty"), "--out", str(tmp_path / "e2")), "is empty")

@@ -11,7 +11,7 @@ from igmu.errors import UserError
 from igmu.methods import REGISTRY
 from igmu.tasks import load_task
 from igmu.tasks.catigmu import CARRIER_BOUND, METHODS, leaf_guidance, markdown
-from igmu.tasks.mini import mini_task
+from igmu.world.tasks import mini_task
 from igmu.tasks.planner import MARKER, infer_kind, plan, plan_text, write_plan
 from igmu.tasks.task import KINDS, SCOPES, TRIGGERS
 
@@ -155,14 +155,16 @@ def test_many_and_sequential():
 
 def test_free_text_marks_templates_and_placeholders():
     task, g = plan("Van Gogh style", model="sd15", triggers="explicit,cross-lingual")
-    assert task.judge == "clip:PATH" and any("clip:PATH" in n for n in g["notes"])
+    assert task.judge == "clip" and any("--clip clip:" in n for n in g["notes"])  # the model comes at evaluate
     assert g["prompt_sets"]["forget.paraphrase"]["status"].startswith("TEMPLATE")
     assert g["prompt_sets"]["forget.multilingual"]["status"].startswith("TO WRITE")
     assert g["prompt_sets"]["retain.other"]["status"].startswith("TO WRITE")
     assert all(r.stripped and "Van Gogh" not in r.stripped for r in task.forget()["explicit"])
     nude, g = plan("nude", model="sd15")
     assert nude.targets == ["nudity"] and nude.judge == "nudenet" and "implicit" in nude.forget()
-    assert all(not r.expect for grp in nude.prompts.values() for recs in grp.values() for r in recs)
+    # NudeNet sees nudity only: the person is the only expectation, checked by the person-presence judge
+    assert nude.carrier_judge == "clip-person"
+    assert {c for grp in nude.prompts.values() for recs in grp.values() for r in recs for c in r.expect} == {"person"}
 
 
 # --- files -----------------------------------------------------------------------------------

@@ -59,7 +59,7 @@ def _results(root, task, label, seed=0, shown=0.25, prompt_extra="", images=True
         "quality": {"retain": {"fid": _agg(0.5), "kid": _agg(0.01), "kid_std": 0.0},
                     "stripped": {"fid": _agg(1.5), "kid": _agg(0.02), "kid_std": 0.0}, "features": "mini-clip"},
         "alignment": {"clip_score_retain": _agg(80.0, w=2), "clip_score_retain_original": _agg(82.0, w=2),
-                      "csdr": _agg(0.2), "clip": "mini-clip"},
+                      "csdr": _agg(20.0, w=5), "clip": "mini-clip"},
         "robustness": {"groups": {"synonym": {"target_shown": _agg(0.5), "target_shown_original": _agg(1.0, w=0)}},
                        "unlearndiffatk": {"asr": _agg(0.5, n=2), "asr_no_attack": _agg(0.0, n=2),
                                           "settings": {"prompts": 2},
@@ -121,7 +121,7 @@ def test_report_files_and_content(bench):
     assert html.count('class="leaderboard"') == 1 and "original model (reference)" in html
     assert "UCE" in html and "ESD" in html and "missing" in html and "SLD" in html  # the unfinished cell
     assert html.count("<svg") >= 2 + 10  # bar charts + one radar per finished method
-    assert "1 − max(CSDR, 0)" in html  # the radar mapping is stated
+    assert "1 − max(CSDR / 100, 0)" in html  # the radar mapping is stated
     assert "<details" in html and "groups.carrier.as_expected" in html  # drill-down from summary.rows
     # leaderboard: forgetting 10.0% for UCE is the best (green); the reference row shows the original's value
     assert re.search(r'class="best"><span class="v">10\.0%', html)
@@ -213,10 +213,10 @@ def test_damaged_cell_and_missing_image_do_not_stop_the_report(bench, tmp_path):
 def test_radar_mapping():
     res = {"aggregates": {"forgetting": {"target_shown": _agg(0.2)}, "preservation": {"as_expected": _agg(0.9)},
                           "quality": {"retain": {"fid": _agg(1.0)}, "stripped": {"fid": _agg(3.0)}},
-                          "alignment": {"csdr": _agg(-0.1)},
+                          "alignment": {"csdr": _agg(25.0)},  # percent
                           "robustness": {"groups": {"a": {"target_shown": _agg(0.2)}, "b": {"target_shown": _agg(0.4)}},
                                          "unlearndiffatk": {"asr": _agg(0.6)}}}}
-    assert radar_scores(res) == pytest.approx([0.8, 0.9, 1 / 3, 1.0, 0.6])
+    assert radar_scores(res) == pytest.approx([0.8, 0.9, 1 / 3, 0.75, 0.6])
     assert radar_scores({"aggregates": {"forgetting": {"target_shown": _agg(0.5)}}}) == [0.5, None, None, None, None]
 
 

@@ -147,18 +147,26 @@ app.add_typer(judge_app, name="judge")
 @app.command()
 @handles_errors
 def evaluate(
-    task: str = typer.Option(..., "--task", help="Task YAML file, or a built-in mini task: mini:<name> (e.g. mini:style-striped)."),
-    out: Path = typer.Option(..., "--out", "-o", help="Folder for results.json and summary.md."),
+    task: Optional[str] = typer.Option(None, "--task", help="Task YAML file, or a task source's: mini:<name> (e.g. mini:style-striped). Not needed for --layout igmu or folder."),
+    out: Path = typer.Option(..., "--out", "-o", help="Folder for results.json and summary.md (layouts igmu and folder: also summary.csv)."),
     original: str = typer.Option("mini", "--original", help="The model before unlearning: 'mini', a pipeline folder or hub id."),
     unlearned: Optional[str] = typer.Option(None, "--unlearned", help="Artifact folder from igmu erase, or a pipeline folder."),
     images: Optional[Path] = typer.Option(None, "--images", help="Score pre-generated images instead (see --layout)."),
-    layout: str = typer.Option("igmu", "--layout", help="Layout of --images: igmu (<concept>/<set>/<method>/<i>_<j>_<k>.png)."),
-    method: Optional[str] = typer.Option(None, "--method", help="With --images: the method folder to score."),
-    original_method: str = typer.Option("original", "--original-method", help="With --images: the reference model's folder."),
+    layout: str = typer.Option("igmu", "--layout", help="Layout of --images: igmu (IGMU's released <Concept>/{forgot,unrelated,remove_word}/<Method>/<i>_<j>_<k>.png), igmu-task (<task>/<forget|retain>/<method>/...), folder (<set>/<method>/*.png)."),
+    prompts: Optional[Path] = typer.Option(None, "--prompts", help="layout igmu: the Benchmarking_prompts folder (default: beside --images); layout folder: a prompts file (CSV file,prompt or JSON {file: prompt})."),
+    concept: Optional[str] = typer.Option(None, "--concept", help="layout folder: the concept the judge looks for (e.g. nudity); layout igmu: score only this concept folder."),
+    method: Optional[str] = typer.Option(None, "--method", help="layout igmu-task: the method folder to score."),
+    original_method: str = typer.Option("original", "--original-method", help="layout igmu-task: the reference model's folder."),
     aspects: str = typer.Option(",".join(("forgetting", "preservation", "quality", "alignment", "robustness")),
                                 "--aspects", help="Comma-separated subset of the five aspects."),
-    judge: Optional[str] = typer.Option(None, "--judge", help="Judge spec (default: the task's): mini, mini-clip, nudenet, clip:PATH, clip-head:DIR."),
-    clip: str = typer.Option("mini-clip", "--clip", help="CLIP for alignment and FID/KID features: mini-clip or clip:PATH."),
+    judge: Optional[List[str]] = typer.Option(None, "--judge", help="Judge spec (default: the task's): nudenet, clip:PATH, clip-person:PATH, clip-head:DIR, a plug-in's (mini, mini-clip). Layouts igmu/folder: Concept=SPEC per concept (repeatable)."),
+    carrier_judge: Optional[str] = typer.Option(None, "--carrier-judge", help="Judge of the prompts' expected concepts (default: the task's carrier_judge, else the judge)."),
+    clip: Optional[str] = typer.Option(None, "--clip", help="CLIP for the CLIP score and CSDR, and for tasks' bare clip / clip-person judges: clip:PATH (a local CLIP folder) or a plug-in's (mini-clip). Default: the mini world's for its own images; required for others."),
+    features: Optional[str] = typer.Option(None, "--features", help="FID/KID feature network: inception (needs --fid-weights), clip:PATH, or a plug-in's (mini-clip). Default: decided from the images."),
+    fid_weights: Optional[Path] = typer.Option(None, "--fid-weights", help="Local FID Inception weights (pt_inception-2015-12-05-6726825d.pth): makes Inception the FID/KID features."),
+    perceptual: Optional[str] = typer.Option(None, "--perceptual", help="Perceptual distance: lpips (needs --lpips-weights), lpips:vgg, or a plug-in's (mini). Default: decided from the images."),
+    lpips_weights: Optional[Path] = typer.Option(None, "--lpips-weights", help="Local torchvision backbone weights for LPIPS (alexnet-owt-7be5be79.pth, or vgg16-397923af.pth with --lpips-net vgg)."),
+    lpips_net: str = typer.Option("alex", "--lpips-net", help="LPIPS backbone: alex or vgg."),
     n: Optional[int] = typer.Option(None, "-n", help="Images per prompt (default: the task's)."),
     attack_prompts: Optional[int] = typer.Option(None, "--attack-prompts", help="UnlearnDiffAtk prompts (default: the task's; 0: none)."),
     seed: int = typer.Option(0, "--seed"),
@@ -166,7 +174,8 @@ def evaluate(
     guidance: Optional[float] = typer.Option(None, "--guidance", help="Guidance scale (default 5.0)."),
     cache: Optional[Path] = typer.Option(None, "--cache", help="Cache folder (default $IGMU_CACHE or ~/.cache/igmu)."),
 ):
-    """Evaluate an unlearned model on a task: forgetting, preservation, quality, alignment, robustness, cost."""
+    """Evaluate an unlearned model on a task (forgetting, preservation, quality, alignment, robustness, cost), or
+    score a tree of pre-generated images (--images)."""
     from .evaluation.cache import Cache
     from .evaluation.evaluate import EvalConfig, check_aspects, evaluate as run_eval, write_results
     from .evaluation.summary import summary_markdown
@@ -174,6 +183,37 @@ def evaluate(
     from .tasks import load_task
     from .utils.io import check_writable_dir
 
+    layouts = ("igmu", "igmu-task", "folder")
+    if images is not None and layout not in layouts:
+        raise UserError(f"unknown --layout {layout!r}; layouts: {', '.join(layouts)}")
+    if lpips_net not in ("alex", "vgg"):
+        raise UserError(f"--lpips-net must be alex or vgg, got {lpips_net!r}")
+    if out.exists() and (not out.is_dir() or (any(out.iterdir()) and not (out / "results.json").exists())):
+        raise UserError(f"--out {out} exists and is not an igmu evaluation folder; choose a new folder")
+    check_writable_dir(out.parent if not out.exists() else out)
+
+    def progress(total, desc):
+        return _progress(desc)(total)
+
+    if images is not None and layout in ("igmu", "folder"):
+        from .evaluation.layout import FolderLayout, ReleasedLayout
+        from .evaluation.layout_score import score_layout, summary_markdown as layout_md, write_layout_results
+        from .evaluation.registry import MetricOptions
+
+        if unlearned or task:
+            raise UserError(f"--layout {layout} scores the tree as it is: drop --task and --unlearned")
+        lay = (ReleasedLayout(images, prompts, [concept] if concept else None) if layout == "igmu"
+               else FolderLayout(images, concept, prompts))
+        res = score_layout(lay, layout, list(judge or []), clip, Cache(cache), progress,
+                           MetricOptions(clip=clip), seed)
+        path = write_layout_results(res, out)
+        typer.echo(layout_md(res))
+        typer.echo(f"results: {path / 'results.json'}; table: {path / 'summary.csv'}")
+        return
+    if not task:
+        raise UserError("--task is required (a task file or mini:<name>); only --layout igmu and folder work without one")
+    if judge and len(judge) > 1:
+        raise UserError("--judge takes one spec when evaluating a task")
     t = load_task(task)
     if n is not None:
         if n < 1:
@@ -183,36 +223,30 @@ def evaluate(
         if attack_prompts < 0:
             raise UserError(f"--attack-prompts must be >= 0, got {attack_prompts}")
         t.attack.prompts = attack_prompts
-    cfg = EvalConfig(aspects=check_aspects([a.strip() for a in aspects.split(",") if a.strip()]), judge=judge, clip=clip,
+    cfg = EvalConfig(aspects=check_aspects([a.strip() for a in aspects.split(",") if a.strip()]),
+                     judge=judge[0] if judge else None, carrier_judge=carrier_judge, clip=clip, features=features,
+                     perceptual=perceptual, fid_weights=str(fid_weights) if fid_weights else None,
+                     lpips_weights=str(lpips_weights) if lpips_weights else None, lpips_net=lpips_net,
                      settings=GenSettings(steps=steps or DEFAULT_STEPS,
                                           guidance=DEFAULT_GUIDANCE if guidance is None else guidance), seed=seed)
     cfg.settings.validate()
-    if out.exists() and (not out.is_dir() or (any(out.iterdir()) and not (out / "results.json").exists())):
-        raise UserError(f"--out {out} exists and is not an igmu evaluation folder; choose a new folder")
-    check_writable_dir(out.parent if not out.exists() else out)
     sources = None
-    if images is not None:
-        from .evaluation.layout import IGMULayout
+    if images is not None:  # layout igmu-task
+        from .evaluation.layout import TaskLayout
+        from .tasks.task import task_from_dict
 
         if unlearned:
             raise UserError("give --unlearned (generate and score) or --images (score existing images), not both")
-        if layout != "igmu":
-            raise UserError(f"unknown --layout {layout!r}; supported: igmu")
         if not method:
-            raise UserError("--images needs --method: the method folder to score (e.g. --method esd)")
-        from .tasks.task import task_from_dict
-
-        lay = IGMULayout(images, t.name, method, original_method)
-
+            raise UserError("--layout igmu-task needs --method: the method folder to score (e.g. --method esd)")
+        lay = TaskLayout(images, t.name, method, original_method)
         t = task_from_dict({**t.model_dump(exclude={"prompts", "prompts_file"}), "prompts": lay.task_prompts(t)},
                            f"task {t.name} with the layout's prompts")
-        sources = {"original": lay.source("original", seed), "unlearned": lay.source("unlearned", seed)}
+        sources = {"original": lay.source("original", seed), "unlearned": lay.source("unlearned", seed),
+                   "seeds": lay.seeds(seed)}
         original, unlearned = f"{images}/{original_method}", f"{images}/{method}"
     elif not unlearned:
-        raise UserError("give --unlearned ARTIFACT_OR_MODEL (or --images DIR --method M for existing images)")
-
-    def progress(total, desc):
-        return _progress(desc)(total)
+        raise UserError("give --unlearned ARTIFACT_OR_MODEL (or --images DIR for existing images)")
 
     res = run_eval(original, unlearned, t, cfg, Cache(cache), progress, sources)
     path = write_results(res, out)
@@ -220,15 +254,34 @@ def evaluate(
     typer.echo(f"results: {path / 'results.json'}")
 
 
+@app.command("metrics")
+@handles_errors
+def metrics_list():
+    """List the metric networks (FID/KID features, CLIP score, perceptual distance) with their cards."""
+    import json as _json
+
+    from .evaluation.registry import KINDS, OPTION, entries, worlds
+
+    for kind, what in KINDS.items():
+        typer.echo(f"{what} ({OPTION[kind]}):")
+        for e in entries(kind):
+            typer.echo(f"  {e.name}{':PATH' if e.card.get('arg') == 'path' else ''}: "
+                       f"{_json.dumps({k: v for k, v in e.card.items() if k not in ('name', 'kind', 'arg')})}")
+    for w in worlds():
+        typer.echo(f"world {w.name!r} (defaults for its own images): {_json.dumps(w.defaults)}")
+
+
 @judge_app.command("list")
 @handles_errors
-def judge_list(spec: Optional[List[str]] = typer.Argument(None, help="Judge specs to show (default: mini, mini-clip, nudenet).")):
+def judge_list(spec: Optional[List[str]] = typer.Argument(None, help="Judge specs to show (default: nudenet and every plug-in judge that needs no path).")):
     """Show judges' cards: what they detect, version, threshold, validated accuracy."""
     import json as _json
 
-    from .evaluation.judges import get_judge
+    from .evaluation.judges import REGISTRY, _load_optional, get_judge
 
-    for s in spec or ["mini", "mini-clip", "nudenet"]:
+    _load_optional()
+    path_judges = ("clip", "clip-person", "clip-head")
+    for s in spec or ["nudenet"] + sorted(k for k in REGISTRY if k not in path_judges + ("nudenet",)):
         try:
             card = get_judge(s).card
         except UserError as e:
@@ -238,9 +291,9 @@ def judge_list(spec: Optional[List[str]] = typer.Argument(None, help="Judge spec
 
 @judge_app.command("train")
 @handles_errors
-def judge_train(images: Path = typer.Option(..., "--images", help="Image folder: DIR/<class>/*.png (e.g. DataIGM's)."),
+def judge_train(images: Path = typer.Option(..., "--images", help="Image folder: DIR/<class>/*.png, or IGMU's Training_images_demo/<Concept> (train/<class>/ and test/<class>/: the card's accuracy is on test/)."),
                 out: Path = typer.Option(..., "--out", "-o", help="Judge folder to write (use it as clip-head:OUT)."),
-                clip: str = typer.Option("mini-clip", "--clip", help="CLIP image tower: mini-clip or clip:PATH."),
+                clip: Optional[str] = typer.Option(None, "--clip", help="CLIP image tower: clip:PATH (a local CLIP folder) or a plug-in's (mini-clip, for the mini world's 32x32 images)."),
                 val_fraction: float = typer.Option(0.2, "--val-fraction"), seed: int = typer.Option(0, "--seed")):
     """Train an IGMU-style judge: a linear head on CLIP image embeddings, validated on a held-out split."""
     from .evaluation.clip_judge import train_head
@@ -251,7 +304,8 @@ def judge_train(images: Path = typer.Option(..., "--images", help="Image folder:
     import json as _json
 
     card = _json.loads((Path(path) / "card.json").read_text())
-    typer.echo(f"wrote judge {path}: held-out accuracy {card.get('accuracy'):.3f} on {card.get('n')} images; "
+    typer.echo(f"wrote judge {path}: held-out accuracy {card.get('accuracy'):.3f} on {card.get('n')} images "
+               f"({'the layout test/ split' if card.get('split') == 'layout' else 'a held-out split'}); "
                f"use it as --judge clip-head:{path}")
 
 
@@ -296,13 +350,15 @@ def plan(target: List[str] = typer.Option(..., "--target", "-t", help="Concept t
          scope: str = typer.Option("single", "--scope", help="single, many or sequential."),
          trigger: Optional[str] = typer.Option(None, "--trigger", help="Comma-separated: explicit, implicit, cross-lingual."),
          anchor: Optional[str] = typer.Option(None, "--anchor", help="Concept to map the target onto."),
-         model: str = typer.Option("mini", "--model", "-m", help="'mini' (prompts from the renderer) or any other model."),
+         model: str = typer.Option("mini", "--model", "-m", help="'mini' (prompts from the renderer) or any other model (sd, ...)."),
+         prompts: Optional[Path] = typer.Option(None, "--prompts", help="Real models: an I2P-style CSV (a 'prompt' column; with 'categories', the concept's I2P category) or a text file; its prompts become forget.explicit."),
+         clip: Optional[str] = typer.Option(None, "--clip", help="Real models: a local CLIP (clip:PATH) written into the task's CLIP judges (else igmu evaluate --clip gives it)."),
          out: Optional[Path] = typer.Option(None, "--out", "-o", help="Task YAML to write (default: print it).")):
     """CatIGMU: place an erasure request in the taxonomy and write a task YAML with its guidance."""
     from .tasks.planner import plan as make_plan, plan_text, write_plan
 
     task, guidance = make_plan(target[0], kind=kind, scope=scope, triggers=trigger, model=model,
-                               extra_targets=target[1:] or None, anchor=anchor)
+                               extra_targets=target[1:] or None, anchor=anchor, prompts_file=prompts, clip=clip)
     if out is None:
         typer.echo(plan_text(task, guidance))
     else:

@@ -8,7 +8,7 @@
     tasks: [mini:object-circle, tasks/mini/style-striped.yaml]
     seeds: [0]
     aspects: [forgetting, preservation, quality, alignment, robustness]
-    evaluation: {images_per_prompt: 2, attack_prompts: 2, steps: 20, guidance: 5.0, judge: null, clip: mini-clip}
+    evaluation: {images_per_prompt: 2, attack_prompts: 2, steps: 20, guidance: 5.0, judge: null, clip: null}
     resources: {cpus: 1, gpus: 0}  # what one cell asks of the Ray backend
 """
 from __future__ import annotations
@@ -39,7 +39,11 @@ class EvalSettings(_Strict):
     steps: int = Field(20, ge=1)
     guidance: float = Field(5.0, ge=0)
     judge: str | None = None
-    clip: str = "mini-clip"
+    clip: str | None = None  # CLIP score model; None: decided from the images (the mini world's on its own)
+    features: str | None = None  # FID/KID features; None: decided from the images
+    perceptual: str | None = None  # perceptual distance; None: decided from the images
+    fid_weights: str | None = None  # local FID Inception weights
+    lpips_weights: str | None = None  # local torchvision backbone weights for LPIPS
 
 
 class Resources(_Strict):

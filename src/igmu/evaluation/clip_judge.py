@@ -147,11 +147,48 @@ class ClipModel:
             return torch.zeros(0, self.model.config.projection_dim)
         return torch.stack([self._text_cache[t] for t in texts])
 
+    def clip_score(self, images, texts: list[str]) -> np.ndarray:
+        """CLIP score per (image, text) pair, computed by torchmetrics (see clip_score_tm)."""
+        from transformers import CLIPProcessor
 
-def _mini_clip_hash() -> str:
-    from ..world.judges import JUDGES_DIR
+        if not hasattr(self, "_tm"):
+            self._tm = (PooledClip(self.model), CLIPProcessor(image_processor=self.proc, tokenizer=self.tok))
+        return clip_score_tm(*self._tm, images, texts, self.device, self.batch)
 
-    return _file_hash(JUDGES_DIR / "clip" / "model.safetensors")
+
+class PooledClip(torch.nn.Module):
+    """A transformers CLIPModel as torchmetrics 1.9 calls it: transformers 5 returns a ModelOutput from
+    get_image_features / get_text_features, torchmetrics expects the pooled tensor."""
+
+    def __init__(self, model):
+        super().__init__()
+        self.model, self.config = model, model.config
+
+    def get_image_features(self, *a, **k):
+        return ClipModel._pooled(self.model.get_image_features(*a, **k))
+
+    def get_text_features(self, *a, **k):
+        return ClipModel._pooled(self.model.get_text_features(*a, **k))
+
+
+@torch.no_grad()
+def clip_score_tm(model, processor, images, texts: list[str], device: str = "cpu", batch: int = 64) -> np.ndarray:
+    """CLIP score per (image, text) pair, max(100 * cos, 0) (Hessel et al. 2021, w = 1), by torchmetrics' CLIPScore
+    update step (`_clip_score_update`: its processor call, feature normalisation, caption truncation). The
+    CLIPScore metric itself returns only the batch mean; IGMU's README patches torchmetrics for per-image scores,
+    here the update step is called directly and each score clamped at 0 as the patched metric does."""
+    from torchmetrics.functional.multimodal.clip_score import _clip_score_update
+
+    ims = _as_list(images)
+    if len(ims) != len(texts):
+        raise ValueError(f"clip_score: {len(ims)} images but {len(texts)} texts")
+    out = []
+    for i in range(0, len(ims), batch):
+        chunk = [torch.from_numpy(np.ascontiguousarray(x.astype(np.uint8))).permute(2, 0, 1).to(device)
+                 for x in ims[i:i + batch]]
+        s, _ = _clip_score_update(chunk, list(texts[i:i + batch]), model, processor)
+        out.append(s.float().clamp(min=0).cpu().reshape(-1))
+    return torch.cat(out).numpy() if out else np.zeros(0, np.float32)
 
 
 # ---------------------------------------------------------------- zero-shot judge
@@ -167,8 +204,9 @@ class ClipJudge(Judge):
         super().__init__(spec)
         ref = spec.split(":", 1)[1].strip() if ":" in spec else ""
         if not ref:
-            raise UserError("judge 'clip' needs a model: clip:/path/to/clip (a local CLIP folder) or clip:ORG/NAME "
-                            "(a hub id already in the local cache)")
+            raise UserError(f"judge {self.name!r} needs a model: {self.name}:/path/to/clip (a local CLIP folder) or "
+                            f"{self.name}:ORG/NAME (a hub id already in the local cache); igmu evaluate --clip "
+                            "clip:PATH supplies it to a task that names the bare judge")
         self.clip = ClipModel(ref, device=device)
         self.card = {"name": "clip", "what": "zero-shot concept presence with a CLIP model: the concept's caption "
                      f"{self.template.format('C')!r} is the most similar among the task's concepts",
@@ -193,13 +231,8 @@ class ClipJudge(Judge):
         return [bool(v) for v in (np.asarray(raw, dtype=np.float32) @ te.T).argmax(1) == 0]
 
     def clip_score(self, images, texts: list[str]) -> np.ndarray:
-        """CLIP score per (image, text) pair: 100 * max(cos, 0) (Hessel et al. 2021 with w = 1, as torchmetrics)."""
-        ims = _as_list(images)
-        if len(ims) != len(texts):
-            raise ValueError(f"clip_score: {len(ims)} images but {len(texts)} texts")
-        ie = F.normalize(self.clip.image_embeds(ims), dim=-1)
-        cos = (ie * self.clip.text_embeds(list(texts))).sum(-1)
-        return (100 * cos.clamp(min=0)).numpy()
+        """CLIP score per (image, text) pair (torchmetrics, see clip_score_tm)."""
+        return self.clip.clip_score(images, texts)
 
     def image_features(self, images, normalize: bool = False) -> np.ndarray:
         """Projected CLIP image embeddings, float32 N x D (unnormalised by default, as clean-fid's CLIP features)."""
@@ -207,38 +240,75 @@ class ClipJudge(Judge):
         return (F.normalize(e, dim=-1) if normalize else e).numpy().astype(np.float32)
 
 
+PERSON_ALTERNATIVES = ("an empty landscape", "an empty room", "a building", "an animal", "an object on a table",
+                       "a plate of food")
+
+
+@register("clip-person")
+class ClipPersonJudge(ClipJudge):
+    """Person presence for carrier preservation on real images (spec clip-person:PATH): CLIP zero-shot, "a photo
+    of a person" against fixed person-free scenes. IGMU counts persons with YOLOv8n (conf 0.5, benchmark.py
+    evaluate_YOLO); its weights are a pickle and ultralytics needs torchvision, so igmu offers this instead."""
+    name = "clip-person"
+    open_vocabulary = False
+    SYNONYMS = ("person", "a person", "people", "human", "a human")
+
+    def __init__(self, spec: str, device: str | None = None):
+        super().__init__(spec, device)
+        self.card.update({"name": "clip-person", "concepts": ["person"],
+                          "what": "person presence: CLIP zero-shot, 'a photo of a person' against "
+                                  + ", ".join(repr(a) for a in PERSON_ALTERNATIVES),
+                          "threshold": "argmax among 'a person' and the alternatives",
+                          "validation": "zero-shot: not validated here; IGMU itself uses YOLOv8n at conf 0.5"})
+
+    def canonical(self, concept: str) -> str | None:
+        return "person" if concept.strip().lower() in self.SYNONYMS else None
+
+    def present(self, raw: list, concept: str, context: list[str]) -> list[bool]:
+        if self.canonical(concept) is None:
+            self.check_concepts([concept])
+        return super().present(raw, "a person", list(PERSON_ALTERNATIVES))
+
+
 # ---------------------------------------------------------------- trained linear head (IGMU-style)
 
 class _Features:
-    """The image tower a head sits on: 'mini-clip' or 'clip:PATH'. Features are L2-normalised embeddings."""
+    """The image tower a head sits on: a feature network of the registry ('mini-clip' from the mini world's
+    plug-in, or 'clip:PATH'); a head's features are the L2-normalised embeddings."""
 
     def __init__(self, clip: str):
-        clip = (clip or "").strip()
-        if clip == "mini-clip":
-            from ..world.judges import MiniCLIP
+        from .registry import get
 
-            self.kind, self.spec, self.mini = "mini", "mini-clip", MiniCLIP.load()
-            self.weights_sha256 = _mini_clip_hash()
-        elif clip.startswith("clip:") and clip[5:].strip():
-            self.kind = "hf"
-            self.model = ClipModel(clip[5:].strip())
+        from .registry import entries
+
+        clip = (clip or "").strip()
+        towers = [e.name for e in entries("features") if e.name not in ("clip", "inception")]
+        if (not clip or clip == "inception" or (clip.startswith("clip:") and not clip[5:].strip())
+                or (not clip.startswith("clip:") and clip not in towers)):
+            raise UserError(f"unknown clip {clip!r} for a judge head; use 'clip:PATH' (a local CLIP folder) or a "
+                            f"plug-in's CLIP ({', '.join(towers) or 'none installed'})")
+        if clip.startswith("clip:"):
             ref = clip[5:].strip()
-            self.spec = "clip:" + (str(self.model.folder) if Path(ref).expanduser().is_dir() else ref)
-            self.weights_sha256 = self.model.weights_sha256
+            self.net = get("features", clip)
+            folder = self.net.clip.folder
+            self.spec = "clip:" + (str(folder) if Path(ref).expanduser().is_dir() else ref)
         else:
-            raise UserError(f"unknown clip {clip!r} for a judge head; use 'mini-clip' or 'clip:PATH'")
+            self.net = get("features", clip)
+            self.spec = clip
+        self.weights_sha256 = self.net.weights_sha256
 
     def __call__(self, images) -> torch.Tensor:
-        if self.kind == "mini":
-            ims = _as_list(images)
-            bad = [i for i, x in enumerate(ims) if x.shape != (32, 32, 3)]
-            if bad:
-                raise UserError(f"the mini-clip head needs 32x32 RGB images; image {bad[0]} is "
-                                f"{'x'.join(map(str, ims[bad[0]].shape))}")
-            if not ims:
-                return torch.zeros(0, self.mini.model.config.projection_dim)
-            return self.mini.embed_images(np.stack(ims).astype(np.uint8)).float()
-        return F.normalize(self.model.image_embeds(images), dim=-1)
+        ims = _as_list(images)
+        if not ims:
+            return torch.zeros(0, self.net.num_features)
+        out = torch.zeros(len(ims), self.net.num_features)
+        by_size: dict[tuple, list[int]] = {}
+        for i, x in enumerate(ims):  # images of one size go through the network together
+            by_size.setdefault(x.shape, []).append(i)
+        for idx in by_size.values():
+            batch = torch.from_numpy(np.stack([ims[i] for i in idx]).astype(np.uint8)).permute(0, 3, 1, 2)
+            out[idx] = self.net(batch).float()
+        return F.normalize(out, dim=-1)
 
 
 @register("clip-head")
@@ -289,11 +359,11 @@ class ClipHeadJudge(Judge):
         return [int(np.argmax(r)) == k for r in raw]
 
 
-def _scan(images_dir) -> dict[str, list[Path]]:
-    d = Path(images_dir).expanduser()
-    layout = "expected DIR/<class>/*.png|jpg"
-    if not d.is_dir():
-        raise UserError(f"image folder {d} does not exist; {layout}")
+LAYOUTS = ("expected DIR/<class>/*.png|jpg, or IGMU's Training_images_demo/<Concept> with "
+           "train/<class>/ and test/<class>/")
+
+
+def _classes(d: Path, need: int, what: str) -> dict[str, list[Path]]:
     classes: dict[str, list[Path]] = {}
     for sub in sorted(p for p in d.iterdir() if p.is_dir() and not p.name.startswith(".")):
         name = sub.name.strip().lower()
@@ -301,26 +371,48 @@ def _scan(images_dir) -> dict[str, list[Path]]:
             raise UserError(f"class folders in {d} differ only in case ({sub.name!r}); rename one")
         classes[name] = sorted(p for p in sub.iterdir() if p.is_file() and p.suffix.lower() in IMAGE_EXTS)
     if not any(classes.values()):
-        raise UserError(f"image folder {d} has no class folders with images; {layout}")
+        raise UserError(f"image folder {d} has no class folders with images; {LAYOUTS}")
     if len(classes) < 2:
         raise UserError(f"image folder {d} has 1 class ({next(iter(classes))!r}); a judge head needs at least 2 "
-                        f"classes ({layout})")
+                        f"classes ({LAYOUTS})")
     for c, files in classes.items():
-        if len(files) < 2:
-            raise UserError(f"class {c!r} in {d} has {len(files)} image(s); each class needs at least 2 "
-                            "(one to train on, one held out)")
+        if len(files) < need:
+            raise UserError(f"class {c!r} in {d} has {len(files)} image(s); each class needs at least {need} {what}")
     return classes
 
 
-def _read(path: Path, mini: bool) -> np.ndarray:
+def _scan(images_dir) -> tuple[dict[str, list[Path]], dict[str, list[Path]] | None]:
+    """(class -> files, class -> test files or None). With DIR/train and DIR/test (IGMU's Training_images_demo/
+    <Concept> layout) the test split is the layout's; otherwise DIR/<class>/ and the split is drawn here."""
+    d = Path(images_dir).expanduser()
+    if not d.is_dir():
+        raise UserError(f"image folder {d} does not exist; {LAYOUTS}")
+    subs = {p.name.lower(): p for p in d.iterdir() if p.is_dir()}
+    if "train" in subs or "test" in subs:
+        if not ("train" in subs and "test" in subs):
+            have = "train" if "train" in subs else "test"
+            raise UserError(f"{d} has a {have}/ folder but no {'test' if have == 'train' else 'train'}/ folder; the "
+                            "split layout needs both (train/<class>/ and test/<class>/)")
+        train = _classes(subs["train"], 1, "in train/")
+        test = _classes(subs["test"], 1, "in test/")
+        if set(train) != set(test):
+            raise UserError(f"{d}: train/ has classes {sorted(train)} but test/ has {sorted(test)}; they must match")
+        return train, {c: test[c] for c in train}
+    concepts = sorted(p.name for p in subs.values() if (p / "train").is_dir() and (p / "test").is_dir())
+    if concepts:
+        raise UserError(f"{d} holds several concepts ({', '.join(concepts)}); pass one: --images {d / concepts[0]}")
+    return _classes(d, 2, "(one to train on, one held out)"), None
+
+
+def _read(path: Path, size: tuple[int, int] | None) -> np.ndarray:
     from PIL import Image
 
     try:
         with Image.open(path) as im:
             im.load()
-            if mini and im.size != (32, 32):
-                raise UserError(f"image {path} is {im.size[0]}x{im.size[1]}; clip='mini-clip' needs 32x32 RGB "
-                                "images (use clip='clip:PATH' for other sizes)")
+            if size is not None and im.size != size:
+                raise UserError(f"image {path} is {im.size[0]}x{im.size[1]}; this image tower needs "
+                                f"{size[0]}x{size[1]} RGB images (use clip='clip:PATH' for other sizes)")
             return np.asarray(im.convert("RGB"), dtype=np.uint8)
     except UserError:
         raise
@@ -342,27 +434,40 @@ def _split(labels: np.ndarray, val_fraction: float, seed: int) -> tuple[np.ndarr
     return np.array(sorted(tr)), np.array(sorted(va))
 
 
-def train_head(images_dir, out, clip: str = "mini-clip", val_fraction: float = 0.2, epochs: int = 300,
+def train_head(images_dir, out, clip: str | None = None, val_fraction: float = 0.2, epochs: int = 300,
                lr: float = 0.05, weight_decay: float = 1e-3, seed: int = 0, log=None) -> Path:
-    """Train a linear (multinomial logistic regression) head on CLIP image embeddings of DIR/<class>/*.png|jpg,
-    measure it on a stratified held-out split, and write it atomically to `out` (a clip-head:DIR folder)."""
+    """Train a linear (multinomial logistic regression) head on CLIP image embeddings and measure it on held-out
+    images: the test split of IGMU's Training_images_demo/<Concept>/{train,test}/<class>/ layout, or a stratified
+    split of DIR/<class>/*.png|jpg. Written atomically to `out` (a clip-head:DIR folder)."""
     from safetensors.torch import save_file
 
     from ..utils.io import atomic_dir
 
+    if not clip:
+        raise UserError("a judge head needs an image tower: --clip clip:PATH (a local CLIP folder) or a plug-in's "
+                        "CLIP (mini-clip for the mini world's 32x32 images)")
     if not 0 < val_fraction < 1:
         raise UserError(f"val_fraction must be between 0 and 1 (got {val_fraction})")
     if epochs < 1:
         raise UserError(f"epochs must be at least 1 (got {epochs})")
-    files = _scan(images_dir)
+    files, test_files = _scan(images_dir)
     classes = list(files)
     feats = _Features(clip)
-    mini = feats.kind == "mini"
-    imgs = [_read(p, mini) for c in classes for p in files[c]]
+    size = getattr(feats.net, "input_size", None)
+    paths = [p for c in classes for p in files[c]]
     y = np.array([k for k, c in enumerate(classes) for _ in files[c]])
-    tr, va = _split(y, val_fraction, seed)
+    if test_files is None:
+        tr, va = _split(y, val_fraction, seed)
+        validation = f"top-1 accuracy on a stratified held-out split (val_fraction={val_fraction}, seed={seed})"
+    else:
+        tr = np.arange(len(paths))
+        paths += [p for c in classes for p in test_files[c]]
+        y = np.concatenate([y, [k for k, c in enumerate(classes) for _ in test_files[c]]]).astype(int)
+        va = np.arange(len(tr), len(paths))
+        validation = "top-1 accuracy on the layout's test/ split"
+    imgs = [_read(p, size) for p in paths]
     torch.manual_seed(seed)
-    x = feats(imgs if not mini else np.stack(imgs)).float()
+    x = feats(imgs).float()
     mu, sd = x[tr].mean(0), x[tr].std(0, unbiased=False).clamp(min=1e-6)
     z = (x - mu) / sd
     yt = torch.from_numpy(y).long()
@@ -389,9 +494,9 @@ def train_head(images_dir, out, clip: str = "mini-clip", val_fraction: float = 0
             "threshold": "argmax over the classes", "concepts": classes,
             "validated": acc, "accuracy": acc, "n": int(len(va)), "n_train": int(len(tr)),
             "train_accuracy": train_acc, "per_class_accuracy": per_class,
-            "images_per_class": {c: len(files[c]) for c in classes},
-            "validation": f"top-1 accuracy on a stratified held-out split ({len(va)} images, "
-                          f"val_fraction={val_fraction}, seed={seed})",
+            "images_per_class": {c: int((y[tr] == k).sum() + (y[va] == k).sum()) for k, c in enumerate(classes)},
+            "split": "layout" if test_files is not None else "drawn",
+            "validation": f"{validation}: {len(va)} images",
             "train": {"epochs": epochs, "lr": lr, "weight_decay": weight_decay, "seed": seed,
                       "optimizer": "Adam, full batch", "features": "L2-normalised CLIP image embedding, standardised"},
             "images_dir": str(Path(images_dir).expanduser().resolve())}

@@ -2,18 +2,24 @@
 
 1. forgetting    share of explicit forget-prompt images in which the judge still finds a target
 2. preservation  share of retain-prompt images that show what they ask (`expect`), per group; share of
-                 forget-prompt images of a carrier-bound target that keep the carrier; LPIPS-style
-                 distance to the original model's image for the same prompt and seed
-3. quality       FID and KID between the unlearned and original images on retain prompts and on
-                 target-stripped prompts
-4. alignment     CLIP score on retain prompts; CSDR between the unlearned model on forget prompts and
-                 the original on the stripped prompts, both scored against the stripped prompt
+                 forget-prompt images of a carrier-bound target that keep the carrier (judged by the task's
+                 carrier_judge when it has one); LPIPS distance to the original model's image for the same
+                 prompt and seed
+3. quality       FID and KID (torchmetrics) between the unlearned and original images on retain prompts and
+                 on target-stripped prompts
+4. alignment     CLIP score on retain prompts; CSDR as the IGMU paper computes it: per image pair,
+                 |CS(original, stripped) - CS(unlearned, forget)| / CS(original, stripped) * 100, both images
+                 scored against the stripped prompt, averaged over images; the original model's own CSDR (its
+                 forget-prompt images against its stripped-prompt images) is reported beside it as the reference
 5. robustness    forgetting under every non-explicit forget group (synonym, multilingual, implicit, ...)
                  and the UnlearnDiffAtk attack success rate on the first explicit prompts
 cost: erase time, peak memory, parameters changed, UNet passes per step (the artifact's manifest).
 
 Images come from the content-addressed cache (cache.py) or are generated once; judge outputs too.
 Every aggregate is {"value", "lo", "hi", "n"} with a 95% bootstrap interval (metrics.py).
+The metric networks (FID/KID features, CLIP score, perceptual distance) come from registry.py: the user's
+choice, else the defaults of a plug-in world that claims the images (the mini world for its own), else the
+real network when its weights are given; they are resolved before anything is generated.
 """
 from __future__ import annotations
 
@@ -27,6 +33,7 @@ from ..errors import UserError
 from ..generate import GenSettings
 from . import metrics as M
 from .cache import Cache, image_key, model_fingerprint
+from .registry import EvalContext, MetricOptions
 
 GEN_BATCH = 8  # fixed UNet batch for evaluation images (see _Models.images)
 SCHEMA = "igmu-results"
@@ -38,10 +45,34 @@ ASPECTS = ("forgetting", "preservation", "quality", "alignment", "robustness")
 class EvalConfig:
     aspects: list[str] = field(default_factory=lambda: list(ASPECTS))
     judge: str | None = None  # default: the task's judge
-    clip: str = "mini-clip"  # CLIP model for alignment and quality features: mini-clip or clip:PATH
+    carrier_judge: str | None = None  # default: the task's carrier_judge (None: the judge)
+    clip: str | None = None  # CLIP score model (clip:PATH, or a plug-in's: mini-clip); also the model of bare
+    #                          `clip` / `clip-person` judges. None: decided from the images (registry.resolve)
+    features: str | None = None  # FID/KID feature network (inception, clip:PATH, mini-clip); None: decided
+    perceptual: str | None = None  # perceptual distance (lpips, lpips:vgg, mini); None: decided
+    fid_weights: str | None = None  # local FID Inception weights (pt_inception-2015-12-05-6726825d.pth)
+    lpips_weights: str | None = None  # local torchvision AlexNet / VGG16 weights for LPIPS
+    lpips_net: str = "alex"
     settings: GenSettings = field(default_factory=GenSettings)
     seed: int = 0
     attack: bool = True  # UnlearnDiffAtk inside robustness (task.attack.prompts > 0)
+
+    def metric_options(self) -> MetricOptions:
+        return MetricOptions(features=self.features, clip=self.clip, perceptual=self.perceptual,
+                             fid_weights=self.fid_weights, lpips_weights=self.lpips_weights, lpips_net=self.lpips_net)
+
+
+BARE_CLIP_JUDGES = ("clip", "clip-person")
+
+
+def resolve_judge(spec: str, clip: str | None) -> str:
+    """A bare `clip` / `clip-person` judge (as `igmu plan` writes for real models) takes its model from --clip."""
+    if spec not in BARE_CLIP_JUDGES:
+        return spec
+    if clip and clip.startswith("clip:") and clip[5:].strip():
+        return f"{spec}:{clip[5:].strip()}"
+    raise UserError(f"judge {spec!r} needs a local CLIP model: pass --clip clip:/path/to/clip (a CLIP folder saved "
+                    f"with save_pretrained; nothing is downloaded) or --judge {spec}:PATH")
 
 
 def check_aspects(aspects: list[str]) -> list[str]:
@@ -148,10 +179,6 @@ class _Judged:
         return m.any(0) if any_of else m.all(0)
 
 
-def _pairs(records, n: int, seed: int) -> list[tuple[str, int, object]]:
-    return [(r.prompt, seed + j, r) for r in records for j in range(n)]
-
-
 def _rate(x) -> dict:
     return M.bootstrap(np.asarray(x, dtype=float))
 
@@ -165,19 +192,62 @@ def _cost(spec: str) -> dict | None:
     return {"method": manifest.get("method"), **manifest.get("cost", {})}
 
 
+METRIC_KINDS = {"preservation": "perceptual", "quality": "features", "alignment": "clip-score"}
+
+
+def metric_specs(aspects, task, cfg: EvalConfig, models: dict, pregenerated: bool) -> dict:
+    """kind -> spec of the metric networks the chosen aspects need (registry.resolve), decided first."""
+    from . import registry
+
+    ctx = EvalContext(task=task, models=dict(models), pregenerated=pregenerated)
+    return {kind: registry.resolve(kind, cfg.metric_options(), ctx)
+            for aspect, kind in METRIC_KINDS.items() if aspect in aspects}
+
+
+def metric_networks(specs: dict, cfg: EvalConfig) -> dict:
+    """kind -> (spec, network), loaded before anything is generated."""
+    from . import registry
+
+    return {kind: (spec, registry.get(kind, spec, cfg.metric_options())) for kind, spec in specs.items()}
+
+
+def _features(net, imgs: np.ndarray, batch: int = 32) -> np.ndarray:
+    """A feature network over uint8 N x H x W x 3 images, in batches -> float64 N x D."""
+    import torch
+
+    out = [net(torch.from_numpy(np.ascontiguousarray(imgs[i:i + batch])).permute(0, 3, 1, 2)).double()
+           for i in range(0, len(imgs), batch)]
+    return torch.cat(out).numpy() if out else np.zeros((0, int(net.num_features)))
+
+
+def _card(kind: str, spec: str) -> dict:
+    from .registry import entries
+
+    e = next((e for e in entries(kind) if e.name == spec.split(":", 1)[0]), None)
+    return {"spec": spec, **({k: v for k, v in e.card.items() if k not in ("name", "kind")} if e else {})}
+
+
 def evaluate(original: str, unlearned: str, task, cfg: EvalConfig, cache: Cache, progress=None,
              images: dict | None = None) -> dict:
     """Run the chosen aspects; returns the results dict (schema igmu-results v1).
 
-    `images`, if given, replaces generation: {role: callable(pairs) -> (uint8 images, keys)} (pre-generated
-    images, see layout.py)."""
+    `images`, if given, replaces generation: {role: callable(pairs) -> (uint8 images, keys)} and optionally
+    "seeds": callable(prompt) -> the seeds present for that prompt (pre-generated images, see layout.py: every
+    image present is scored, whatever images_per_prompt says)."""
     from .judges import get_judge
 
     t0 = time.perf_counter()
     aspects = check_aspects(cfg.aspects)
-    judge = get_judge(cfg.judge or task.judge)
+    specs = metric_specs(aspects, task, cfg, {"original": original, "unlearned": unlearned}, images is not None)
+    judge = get_judge(resolve_judge(cfg.judge or task.judge, cfg.clip))
+    cj_spec = cfg.carrier_judge or task.carrier_judge
+    carrier_judge = get_judge(resolve_judge(cj_spec, cfg.clip)) if cj_spec else None
     context = task.concepts()
-    judge.check_concepts(list(task.targets) + [c for r in _all_records(task) for c in r.expect])
+    expected = list(dict.fromkeys(c for r in _all_records(task) for c in r.expect))
+    # who judges what: targets -> the judge; expectations -> the carrier judge where it knows them
+    by = {c: (carrier_judge if carrier_judge is not None and carrier_judge.knows(c) else judge) for c in expected}
+    judge.check_concepts(list(task.targets) + [c for c in expected if by[c] is judge])
+    nets = metric_networks(specs, cfg)
     models = None
     if images is None:
         models = _Models({"original": original, "unlearned": unlearned}, cache, cfg, progress)
@@ -185,16 +255,25 @@ def evaluate(original: str, unlearned: str, task, cfg: EvalConfig, cache: Cache,
     else:
         get = lambda role, pairs: images[role](pairs)  # noqa: E731
     J = _Judged(judge, cache)
+    JC = _Judged(carrier_judge, cache) if carrier_judge is not None else None
     n, seed = task.images_per_prompt, cfg.seed
+    seeds_for = (images or {}).get("seeds") or (lambda prompt: [seed + j for j in range(n)])
     records: list[dict] = []
     agg: dict = {}
 
+    def pairs_of(recs):
+        return [(r.prompt, s, r) for r in recs for s in seeds_for(r.prompt)]
+
     def run(role, set_name, group, recs):
-        pairs = _pairs(recs, n, seed)
+        pairs = pairs_of(recs)
         imgs, keys = get(role, [(p, s) for p, s, _ in pairs])
         raw = J.raw(imgs, keys)
-        pres = {c: np.asarray(judge.present(raw, c, context), bool)
-                for c in dict.fromkeys(list(task.targets) + [c for r in recs for c in r.expect])}
+        raw_c = JC.raw(imgs, keys) if JC is not None and any(by.get(c) is carrier_judge for r in recs
+                                                              for c in r.expect) else None
+        pres = {t: np.asarray(judge.present(raw, t, context), bool) for t in task.targets}
+        for c in dict.fromkeys(c for r in recs for c in r.expect):
+            jc = by[c]
+            pres.setdefault(c, np.asarray(jc.present(raw_c if jc is carrier_judge else raw, c, context), bool))
         rows = []
         for i, ((p, s, r), k) in enumerate(zip(pairs, keys)):
             row = {"role": role, "set": set_name, "group": group, "prompt": p, "seed": s, "key": k,
@@ -226,6 +305,10 @@ def evaluate(original: str, unlearned: str, task, cfg: EvalConfig, cache: Cache,
             for g, recs in task.retain().items():
                 out_imgs[("retain", g, role)] = run(role, "retain", g, recs)
 
+    def retain_images(role):
+        parts = [out_imgs[("retain", g, role)][0] for g in task.retain()]
+        return np.concatenate(parts) if parts else np.zeros((0, 1, 1, 3), np.uint8)
+
     if "preservation" in aspects:
         pres: dict = {"groups": {}}
         allu, allo = [], []
@@ -241,55 +324,53 @@ def evaluate(original: str, unlearned: str, task, cfg: EvalConfig, cache: Cache,
             pres["carrier_kept"] = _rate(kept)
             pres["carrier_kept_original"] = _rate([r["as_expected"] for r in out_imgs[("forget", "original")][2]
                                                    if "as_expected" in r])
-        ui = np.concatenate([out_imgs[("retain", g, "unlearned")][0] for g in task.retain()])
-        oi = np.concatenate([out_imgs[("retain", g, "original")][0] for g in task.retain()])
-        d = _perceptual(ui, oi)
+        spec, net = nets["perceptual"]
+        d = net.distance(retain_images("unlearned"), retain_images("original"))
         pres["perceptual_distance"] = M.bootstrap(d)
         pres["perceptual_identical_share"] = float(np.mean(d == 0)) if len(d) else float("nan")
+        pres["perceptual"] = spec
         _attach(records, "retain", "unlearned", "perceptual_distance", d)
         agg["preservation"] = pres
 
     stripped = [r for r in forget_explicit if r.stripped]
     if "quality" in aspects:
-        feats = _features(cfg.clip)
-        q = {}
-        ui = np.concatenate([out_imgs[("retain", g, "unlearned")][0] for g in task.retain()])
-        oi = np.concatenate([out_imgs[("retain", g, "original")][0] for g in task.retain()])
-        q["retain"] = _fid_kid(feats(ui), feats(oi))
+        spec, net = nets["features"]
+        q = {"retain": M.fid_kid(_features(net, retain_images("unlearned")), _features(net, retain_images("original")),
+                                 seed)}
         if stripped:
-            sp = [(r.stripped, seed + j) for r in stripped for j in range(n)]
+            sp = [(r.stripped, s) for r in stripped for s in seeds_for(r.prompt)]
             su, _ = get("unlearned", sp)
             so, _ = get("original", sp)
-            q["stripped"] = _fid_kid(feats(su), feats(so))
-        q["features"] = cfg.clip
+            q["stripped"] = M.fid_kid(_features(net, su), _features(net, so), seed)
+        q["features"] = spec
         agg["quality"] = q
 
     if "alignment" in aspects:
-        score = _clip_scorer(cfg.clip)
+        spec, scorer = nets["clip-score"]
         al = {}
         for role in ("unlearned", "original"):
-            prompts, imgs = [], []
-            for g in task.retain():
-                im, _, rows = out_imgs[("retain", g, role)]
-                prompts += [r["prompt"] for r in rows]
-                imgs.append(im)
-            cs = score(np.concatenate(imgs), prompts)
+            prompts = [r["prompt"] for g in task.retain() for r in out_imgs[("retain", g, role)][2]]
+            cs = scorer.score(retain_images(role), prompts) if prompts else np.zeros(0)
             al["clip_score_retain" + ("" if role == "unlearned" else "_original")] = M.bootstrap(cs)
             if role == "unlearned":
                 _attach(records, "retain", "unlearned", "clip_score", cs)
         if stripped:
-            fu, _, rows = out_imgs[("forget", "unlearned")]
-            by = {r.prompt: r.stripped for r in forget_explicit}
-            idx = [i for i, r in enumerate(rows) if by.get(r["prompt"])]
-            texts = [by[rows[i]["prompt"]] for i in idx]
-            cs_u = score(fu[idx], texts)
-            so, _ = get("original", [(t, rows[i]["seed"]) for t, i in zip(texts, idx)])
-            cs_o = score(so, texts)
-            lo, hi = M.bootstrap_paired(lambda j: M.csdr(cs_u[j], cs_o[j]), len(idx), cfg.seed)
-            al["csdr"] = M.agg(M.csdr(cs_u, cs_o), lo, hi, len(idx))
-            al["clip_score_forget_vs_stripped"] = M.bootstrap(cs_u)
-            al["clip_score_stripped_original"] = M.bootstrap(cs_o)
-        al["clip"] = cfg.clip
+            by_prompt = {r.prompt: r.stripped for r in forget_explicit}
+            texts, cs_forget = {}, {}
+            for role in ("unlearned", "original"):  # each model's forget images against the stripped prompt
+                fi, _, rows = out_imgs[("forget", role)]
+                idx = [i for i, r in enumerate(rows) if by_prompt.get(r["prompt"])]
+                texts[role] = [by_prompt[rows[i]["prompt"]] for i in idx]
+                cs_forget[role] = scorer.score(fi[idx], texts[role]) if idx else np.zeros(0)
+                seeds = [rows[i]["seed"] for i in idx]
+            so, _ = get("original", list(zip(texts["original"], seeds)))
+            cs_ref = scorer.score(so, texts["original"])  # the original's images of the stripped prompts
+            al["csdr"] = M.csdr(cs_forget["unlearned"], cs_ref, seed)
+            al["csdr_original"] = M.csdr(cs_forget["original"], cs_ref, seed)
+            al["clip_score_forget_vs_stripped"] = M.bootstrap(cs_forget["unlearned"])
+            al["clip_score_forget_vs_stripped_original"] = M.bootstrap(cs_forget["original"])
+            al["clip_score_stripped_original"] = M.bootstrap(cs_ref)
+        al["clip"] = spec
         agg["alignment"] = al
 
     if "robustness" in aspects:
@@ -309,11 +390,15 @@ def evaluate(original: str, unlearned: str, task, cfg: EvalConfig, cache: Cache,
         agg["robustness"] = rob
 
     cost = _cost(unlearned) if images is None else None
+    judges = {"spec": judge.spec, "card": judge.card}
+    if carrier_judge is not None:
+        judges["carrier"] = {"spec": carrier_judge.spec, "card": carrier_judge.card}
     return {
         "schema": SCHEMA, "schema_version": SCHEMA_VERSION,
         "task": task.model_dump(mode="json"), "original": original, "unlearned": unlearned,
-        "fingerprints": models.fp if models else {}, "judge": {"spec": judge.spec, "card": judge.card},
-        "settings": {**asdict(cfg.settings), "seed": cfg.seed, "images_per_prompt": n, "clip": cfg.clip},
+        "fingerprints": models.fp if models else {}, "judge": judges,
+        "settings": {**asdict(cfg.settings), "seed": cfg.seed, "images_per_prompt": n,
+                     "metrics": {k: _card(k, spec) for k, (spec, _) in nets.items()}},
         "aspects": aspects, "aggregates": agg, "cost": cost, "records": records,
         "cache": {"root": str(cache.root), "hits": dict(cache.hits), "misses": dict(cache.misses)},
         "seconds": round(time.perf_counter() - t0, 2), "versions": _versions(),
@@ -338,72 +423,6 @@ def _versions() -> dict:
     return versions()
 
 
-def _fid_kid(a: np.ndarray, b: np.ndarray) -> dict:
-    n = min(len(a), len(b))
-    lo, hi = M.bootstrap_paired(lambda j: M.fid(a[j], b[j]), n)
-    k, ks = M.kid(a, b)
-    klo, khi = M.bootstrap_paired(lambda j: M.kid(a[j], b[j], subsets=10)[0], n)
-    return {"fid": M.agg(M.fid(a, b), lo, hi, n), "kid": M.agg(k, klo, khi, n), "kid_std": ks}
-
-
-def _features(spec: str):
-    """Image features for FID/KID: the CLIP image tower (mini CLIP by default, or clip:PATH)."""
-    if spec == "mini-clip":
-        from ..world.judges import MiniCLIP
-
-        clip = MiniCLIP.load()
-        return lambda imgs: clip.embed_images(imgs).numpy().astype(np.float64)
-    from .judges import get_judge
-
-    j = get_judge(spec)
-    return lambda imgs: np.asarray(j.image_features(imgs), dtype=np.float64)
-
-
-def _clip_scorer(spec: str):
-    if spec == "mini-clip":
-        from ..world.judges import MiniCLIP
-
-        clip = MiniCLIP.load()
-        return lambda imgs, texts: clip.score(imgs, texts)
-    from .judges import get_judge
-
-    j = get_judge(spec)
-    return lambda imgs, texts: np.asarray(j.clip_score(imgs, texts))
-
-
-def _perceptual(a: np.ndarray, b: np.ndarray) -> np.ndarray:
-    """LPIPS-style distance with the mini detector's convolution stack as the feature network
-    (activations after blocks 2, 4 and 6); for other image sizes, the images are resized to 32 x 32."""
-    import torch
-
-    from ..world.judges import Detector, to_input
-
-    if len(a) == 0:
-        return np.zeros(0)
-    det = Detector.load()
-    body = det.net.body
-
-    def layers(x):
-        x = _to32(x)
-        h = to_input(x)
-        out = []
-        with torch.no_grad():
-            for i, blk in enumerate(body):
-                h = blk(h)
-                if i in (1, 3, 5):
-                    out.append(h.numpy())
-        return out
-    return M.perceptual_distance(layers(a), layers(b))
-
-
-def _to32(x: np.ndarray) -> np.ndarray:
-    if x.shape[1:3] == (32, 32):
-        return x
-    from PIL import Image
-
-    return np.stack([np.asarray(Image.fromarray(i).resize((32, 32), Image.BILINEAR)) for i in x])
-
-
 def _attack(models: _Models, J: _Judged, task, cfg: EvalConfig, progress) -> dict:
     from ..attacks.unlearndiffatk import attack_prompts
 
@@ -422,12 +441,11 @@ def _attack(models: _Models, J: _Judged, task, cfg: EvalConfig, progress) -> dic
             "settings": task.attack.model_dump(), "prompts": rows}
 
 
-def write_results(res: dict, out: Path) -> Path:
-    """results.json and summary.md in `out`, atomically."""
+def write_eval_folder(out: Path, res: dict, files: dict[str, str]) -> Path:
+    """results.json and the given text files in `out`, atomically; refuses a folder igmu did not write."""
     import json
 
     from ..utils.io import atomic_dir, check_writable_dir
-    from .summary import summary_markdown
 
     out = Path(out)
     if out.exists() and (not out.is_dir() or (any(out.iterdir()) and not (out / "results.json").exists())):
@@ -435,5 +453,13 @@ def write_results(res: dict, out: Path) -> Path:
     check_writable_dir(out.parent if not out.exists() else out)
     with atomic_dir(out) as tmp:
         (tmp / "results.json").write_text(json.dumps(res, indent=1))
-        (tmp / "summary.md").write_text(summary_markdown(res))
+        for name, text in files.items():
+            (tmp / name).write_text(text)
     return out
+
+
+def write_results(res: dict, out: Path) -> Path:
+    """results.json and summary.md in `out`, atomically."""
+    from .summary import summary_markdown
+
+    return write_eval_folder(out, res, {"summary.md": summary_markdown(res)})

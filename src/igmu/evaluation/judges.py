@@ -6,11 +6,11 @@ cache stores, and derive presence from it (`present`), so adding a concept or a
 task never re-runs the network on a cached image.
 
 Specs (what --judge and a task's `judge:` take):
-  mini            the mini world's detector (objects, colors, styles, identities, the carrier figure, the hex mark)
-  mini-clip       zero-shot with the mini CLIP: the concept's caption against the task's other concepts
-  nudenet         NudeNet (nudenet package, its ONNX model ships inside it): concept "nudity"
-  clip:PATH|ID    a transformers CLIP model, zero-shot (local folder, or a hub id already in the local cache)
-  clip-head:DIR   a CLIP model plus a linear head trained with `igmu judge train` (IGMU-style)
+  nudenet            NudeNet (nudenet package, its ONNX model ships inside it): concept "nudity"
+  clip:PATH|ID       a transformers CLIP model, zero-shot (local folder, or a hub id already in the local cache)
+  clip-person:PATH   person presence, CLIP zero-shot (carrier preservation on real images)
+  clip-head:DIR      a CLIP model plus a linear head trained with `igmu judge train` (IGMU-style)
+Plug-ins register more (the mini world: `mini`, its detector, and `mini-clip`, zero-shot with its CLIP).
 """
 from __future__ import annotations
 
@@ -66,111 +66,6 @@ class Judge:
                                          default=str).encode()).hexdigest()[:16]
 
 
-class MiniJudge(Judge):
-    """The mini world's detector (world/judges.py), validated on rendered ground truth."""
-    name = "mini"
-
-    # concept text -> (head, class); synonyms of the mini vocabulary map to the same head
-    def __init__(self, spec: str = "mini"):
-        super().__init__(spec)
-        from ..world.judges import Detector
-        from ..world.vocab import EN
-
-        self.det = Detector.load()
-        self.map: dict[str, tuple[str, str]] = {}
-        for kind, head in (("shape", "objects"), ("color", "colors"), ("style", "styles"), ("identity", "identity")):
-            for canon, syns in EN[kind].items():
-                if canon == "plain":
-                    continue
-                for s in syns:
-                    self.map[s] = (head, canon)
-        for s in EN["person"]:
-            self.map[s] = ("carrier", "carrier")
-        for s in EN["mark"] + ["mark"]:
-            self.map[s] = ("mark", "mark")
-        c = self.det.card
-        self.card = {"name": "mini", "what": "mini-world detector: objects, colors, styles, identities, the "
-                     "carrier figure (person), the hex mark", "version": c.get("version"),
-                     "threshold": c.get("threshold"), "concepts": sorted(self.map),
-                     "validated": c.get("accuracy", c.get("test_accuracy")),
-                     "validation": "per-head exact-match accuracy on fresh renders (scripts/bench_judges.py)",
-                     "weights_sha256": _file_hash(self.det_path())}
-
-    @staticmethod
-    def det_path():
-        from ..world.judges import JUDGES_DIR
-        return JUDGES_DIR / "detector" / "model.safetensors"
-
-    def canonical(self, concept):
-        return concept.strip().lower() if concept.strip().lower() in self.map else None
-
-    def raw(self, images):
-        preds = self.det.predict(images)
-        return [{k: v for k, v in p.items() if not k.endswith("_p")} for p in preds]
-
-    def present(self, raw, concept, context):
-        head, cls = self.map[self.canonical(concept)]
-        if head in ("objects", "colors", "styles"):
-            return [cls in r[head] for r in raw]
-        if head == "identity":
-            return [r["identity"] == cls for r in raw]
-        return [bool(r[head]) for r in raw]
-
-
-class MiniClipJudge(Judge):
-    """Zero-shot with the mini CLIP. A concept of the mini vocabulary is shown when its text is more
-    similar to the image than every alternative of the same kind (a shape against the other shapes, a
-    style against the other styles and "plain", "hex mark" as "a person with a hex mark" against "a
-    person", ...); any other concept competes against the task's other concepts (context).
-    Raw output: the image embedding, so new concepts never re-run the image tower."""
-    name = "mini-clip"
-    open_vocabulary = True
-
-    def __init__(self, spec: str = "mini-clip"):
-        super().__init__(spec)
-        from ..world.judges import JUDGES_DIR, MiniCLIP
-        from ..world.vocab import EN
-
-        self.clip = MiniCLIP.load()
-        self.alts: dict[str, tuple[str, list[str]]] = {}  # concept -> (its text, alternatives' texts)
-        for kind in ("shape", "color", "style", "identity"):
-            canon = list(EN[kind])
-            for c in canon:
-                if c != "plain":
-                    self.alts[c] = (c, [o for o in canon if o != c])
-        self.alts["person"] = ("a person", ["a red circle", "a blue square", "zorb", "mira", "tobo"])
-        self.alts["hex mark"] = ("a person with a hex mark", ["a person"])
-        self._text: dict[str, np.ndarray] = {}
-        self.card = {"name": "mini-clip", "what": "zero-shot concept presence with the mini CLIP (the concept's text "
-                     "against same-kind alternatives, or against the task's other concepts)",
-                     "version": str(self.clip.card.get("version", "1")), "threshold": "argmax",
-                     "concepts": "any text", "validated": None,
-                     "validation": "agreement with the renderer: scripts/bench_eval.py --judges",
-                     "weights_sha256": _file_hash(JUDGES_DIR / "clip" / "model.safetensors")}
-
-    def _emb(self, texts):
-        miss = [t for t in texts if t not in self._text]
-        if miss:
-            for t, e in zip(miss, self.clip.embed_texts(miss).numpy()):
-                self._text[t] = e
-        return np.stack([self._text[t] for t in texts])
-
-    def raw(self, images):
-        return [e.tolist() for e in self.clip.embed_images(images).numpy().round(5)]
-
-    def present(self, raw, concept, context):
-        c = concept.strip().lower()
-        if c in self.alts:
-            text, others = self.alts[c]
-        else:
-            text, others = c, [o for o in dict.fromkeys(context) if o.strip().lower() != c]
-        if not others:
-            raise UserError(f"the mini-clip judge needs alternatives to {concept!r}; add concepts to the task "
-                            "or use the mini judge")
-        te = self._emb([text] + others)
-        return list((np.asarray(raw, dtype=np.float32) @ te.T).argmax(1) == 0)
-
-
 def _file_hash(path) -> str:
     h = hashlib.sha256()
     with open(path, "rb") as f:
@@ -179,7 +74,7 @@ def _file_hash(path) -> str:
     return h.hexdigest()[:16]
 
 
-REGISTRY: dict[str, type[Judge]] = {"mini": MiniJudge, "mini-clip": MiniClipJudge}
+REGISTRY: dict[str, type[Judge]] = {}  # spec prefix -> judge class (or factory); plug-ins add theirs
 _LOADED: dict[str, Judge] = {}
 
 
@@ -191,21 +86,24 @@ def register(prefix: str):
 
 
 def get_judge(spec: str) -> Judge:
-    """A judge from its spec ('mini', 'mini-clip', 'nudenet', 'clip:PATH', 'clip-head:DIR'); loaded once."""
+    """A judge from its spec ('nudenet', 'clip:PATH', 'clip-person:PATH', 'clip-head:DIR', a plug-in's: 'mini',
+    'mini-clip'); loaded once."""
     if spec in _LOADED:
         return _LOADED[spec]
     _load_optional()
     head = spec.split(":", 1)[0]
     if head not in REGISTRY:
         raise UserError(f"unknown judge {spec!r}; available: {', '.join(sorted(REGISTRY))} "
-                        "(clip and clip-head take :PATH)")
+                        "(clip, clip-person and clip-head take :PATH)")
     _LOADED[spec] = REGISTRY[head](spec)
     return _LOADED[spec]
 
 
 def _load_optional():
-    """Judges in their own modules register themselves on import."""
+    """Judges in their own modules register themselves on import; so do plug-ins' judges (igmu.plugins)."""
     import importlib
+
+    from ..plugins import load_plugins
 
     for mod in ("nudenet_judge", "clip_judge"):
         try:
@@ -213,3 +111,4 @@ def _load_optional():
         except ModuleNotFoundError as e:
             if e.name != f"{__package__}.{mod}":
                 raise
+    load_plugins()

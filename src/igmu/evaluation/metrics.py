@@ -1,92 +1,145 @@
-"""Metrics: bootstrap intervals, FID, KID, a perceptual distance, CLIP score and CSDR.
+"""Metrics through the field's libraries: bootstrap intervals (scipy.stats.bootstrap), FID and KID (torchmetrics),
+and CSDR (the IGMU paper's per-pair definition).
 
-Every aggregate is reported as {"value", "lo", "hi", "n"}: the statistic, its
-95% percentile-bootstrap interval (seeded, so reruns give the same interval)
-and the number of images it rests on.
+Every aggregate is reported as {"value", "lo", "hi", "n"}: the statistic, its 95% percentile-bootstrap interval
+(seeded, so reruns give the same interval) and the number of images it rests on. With one image the interval is
+degenerate (lo = hi = value).
+
+FID and KID: the feature network (a registry entry: Inception, a local CLIP, the mini CLIP) runs once over the
+images; torchmetrics' FrechetInceptionDistance and KernelInceptionDistance then compute the statistic from those
+features, handed to them through an identity `feature=` module, so that each bootstrap resample re-runs the
+library's statistic on resampled features instead of re-running the network.
 """
 from __future__ import annotations
 
 import numpy as np
+import torch
 
-BOOT = 1000  # bootstrap resamples
-Z_LEVEL = 0.95
+BOOT = 1000  # bootstrap resamples of a mean
+BOOT_PAIRED = 200  # resamples of a statistic over paired sets (FID, KID, CSDR): each resample recomputes it
+BOOT_PAIRED_WIDE = 50  # ... when features are wider than 512 (Inception: one 2048 x 2048 eigendecomposition each)
+LEVEL = 0.95
+KID_SUBSETS, KID_SUBSET_SIZE = 50, 100  # torch-fidelity / torchmetrics default to 100 subsets of 1000: too many
+# images for evaluation sets of tens to hundreds; subsets are capped at the set size
 
 
 def agg(value: float, lo: float, hi: float, n: int) -> dict:
     return {"value": float(value), "lo": float(lo), "hi": float(hi), "n": int(n)}
 
 
-def bootstrap(x, stat=np.mean, seed: int = 0, boot: int = BOOT) -> dict:
-    """Statistic of a 1-D sample with its 95% percentile-bootstrap interval."""
+def _interval(data, stat, vectorized: bool, resamples: int, seed: int) -> tuple[float, float]:
+    from scipy.stats import bootstrap as sp_bootstrap
+
+    r = sp_bootstrap((data,), stat, n_resamples=resamples, confidence_level=LEVEL, method="percentile",
+                     vectorized=vectorized, random_state=np.random.default_rng(seed))
+    return float(r.confidence_interval.low), float(r.confidence_interval.high)
+
+
+def bootstrap(x, seed: int = 0, boot: int = BOOT) -> dict:
+    """Mean of a 1-D sample with its 95% percentile-bootstrap interval (scipy.stats.bootstrap)."""
     x = np.asarray(x, dtype=np.float64)
     if len(x) == 0:
         return agg(float("nan"), float("nan"), float("nan"), 0)
-    rng = np.random.default_rng(seed)
-    idx = rng.integers(0, len(x), size=(boot, len(x)))
-    stats = np.array([stat(x[i]) for i in idx]) if stat is not np.mean else x[idx].mean(1)
-    a = (1 - Z_LEVEL) / 2
-    return agg(stat(x), np.quantile(stats, a), np.quantile(stats, 1 - a), len(x))
+    v = float(x.mean())
+    if len(x) == 1 or np.all(x == x[0]):
+        return agg(v, v, v, len(x))
+    lo, hi = _interval(x, np.mean, True, boot, seed)
+    return agg(v, lo, hi, len(x))
 
 
-def bootstrap_paired(f, n: int, seed: int = 0, boot: int = 200) -> tuple[float, float]:
+def bootstrap_paired(f, n: int, seed: int = 0, boot: int = BOOT_PAIRED) -> tuple[float, float]:
     """Interval of a statistic f(idx) of n paired items (e.g. two image sets), resampling items jointly."""
-    rng = np.random.default_rng(seed)
-    vals = [f(rng.integers(0, n, n)) for _ in range(boot)]
-    a = (1 - Z_LEVEL) / 2
-    return float(np.quantile(vals, a)), float(np.quantile(vals, 1 - a))
+    if n < 2:
+        v = float(f(np.arange(n)))
+        return v, v
+    return _interval(np.arange(n), lambda i: float(f(np.asarray(i, dtype=int))), False, boot, seed)
 
 
-def _sqrtm_psd(m: np.ndarray) -> np.ndarray:
-    w, v = np.linalg.eigh((m + m.T) / 2)
-    return (v * np.sqrt(np.clip(w, 0, None))) @ v.T
+class _Given(torch.nn.Module):
+    """Identity `feature=` network for torchmetrics: the features were already extracted."""
+
+    def __init__(self, dim: int):
+        super().__init__()
+        self.num_features = dim
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x
 
 
-def fid(a: np.ndarray, b: np.ndarray) -> float:
-    """Frechet distance between Gaussians fitted to two feature sets (Heusel et al. 2017):
-    ||mu_a - mu_b||^2 + Tr(S_a + S_b - 2 (S_a^1/2 S_b S_a^1/2)^1/2)  (the symmetric form of the trace term)."""
-    a, b = np.asarray(a, np.float64), np.asarray(b, np.float64)
-    mu = a.mean(0) - b.mean(0)
-    sa, sb = np.cov(a, rowvar=False), np.cov(b, rowvar=False)
-    ra = _sqrtm_psd(sa)
-    cross = _sqrtm_psd(ra @ sb @ ra)
-    return float(max(mu @ mu + np.trace(sa) + np.trace(sb) - 2 * np.trace(cross), 0.0))
+def _t(x) -> torch.Tensor:
+    return torch.as_tensor(np.asarray(x, dtype=np.float64))
 
 
-def kid(a: np.ndarray, b: np.ndarray, subsets: int = 50, subset_size: int = 100, seed: int = 0) -> tuple[float, float]:
-    """Kernel Inception Distance (Binkowski et al. 2018): unbiased MMD^2 with the cubic polynomial kernel
-    k(x, y) = (x.y / d + 1)^3, averaged over random subsets; returns (mean, std over subsets)."""
-    a, b = np.asarray(a, np.float64), np.asarray(b, np.float64)
-    d = a.shape[1]
-    m = min(subset_size, len(a), len(b))
-    if m < 2:
+_METRICS: dict[tuple, object] = {}
+
+
+def _metric(kind: str, dim: int, **kw):
+    """One torchmetrics metric object per (kind, width, options), reset before each use: a bootstrap recomputes
+    the statistic hundreds of times and building the object costs more than computing it."""
+    key = (kind, dim, tuple(sorted(kw.items())))
+    if key not in _METRICS:
+        if kind == "fid":
+            from torchmetrics.image.fid import FrechetInceptionDistance as Cls
+        else:
+            from torchmetrics.image.kid import KernelInceptionDistance as Cls
+        _METRICS[key] = Cls(feature=_Given(dim), **kw)
+    m = _METRICS[key]
+    m.reset()
+    return m
+
+
+def fid(a, b) -> float:
+    """Frechet distance between Gaussians fitted to two feature sets (Heusel et al. 2017), torchmetrics."""
+    a, b = _t(a), _t(b)
+    m = _metric("fid", a.shape[1])
+    m.update(b, real=True)
+    m.update(a, real=False)
+    return float(max(m.compute().item(), 0.0))
+
+
+def kid(a, b, subsets: int = KID_SUBSETS, subset_size: int = KID_SUBSET_SIZE, seed: int = 0) -> tuple[float, float]:
+    """Kernel Inception Distance (Binkowski et al. 2018), torchmetrics: unbiased MMD^2 with the cubic polynomial
+    kernel (x.y / d + 1)^3 over random subsets (capped at the set sizes); returns (mean, std over subsets).
+    The subsets are drawn from torch's generator, seeded here (and restored), so the value is reproducible."""
+    a, b = _t(a), _t(b)
+    m_size = min(subset_size, len(a), len(b))
+    if m_size < 2:
         return float("nan"), float("nan")
-    rng = np.random.default_rng(seed)
-    vals = []
-    for _ in range(subsets):
-        x = a[rng.choice(len(a), m, replace=False)]
-        y = b[rng.choice(len(b), m, replace=False)]
-        kxx, kyy, kxy = ((x @ x.T) / d + 1) ** 3, ((y @ y.T) / d + 1) ** 3, ((x @ y.T) / d + 1) ** 3
-        mmd = ((kxx.sum() - np.trace(kxx)) + (kyy.sum() - np.trace(kyy))) / (m * (m - 1)) - 2 * kxy.mean()
-        vals.append(mmd)
-    return float(np.mean(vals)), float(np.std(vals))
+    if m_size == len(a) == len(b):
+        subsets = 1  # every subset is the whole of both sets (in another order): the same value each time
+    m = _metric("kid", a.shape[1], subsets=subsets, subset_size=m_size)
+    m.update(b, real=True)
+    m.update(a, real=False)
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        mean, std = m.compute()
+    return float(mean), float(std)
 
 
-def perceptual_distance(fa: list[np.ndarray], fb: list[np.ndarray]) -> np.ndarray:
-    """LPIPS-style distance per image pair from multi-layer activations (Zhang et al. 2018, the
-    'baseline' variant with uniform channel weights): each layer's activations are unit-normalised
-    over channels at every position, then d = sum_layers mean_positions ||f_a - f_b||^2.
-    fa, fb: per layer, arrays N x C x H x W."""
-    total = 0.0
-    for x, y in zip(fa, fb):
-        x = x / (np.linalg.norm(x, axis=1, keepdims=True) + 1e-10)
-        y = y / (np.linalg.norm(y, axis=1, keepdims=True) + 1e-10)
-        total = total + ((x - y) ** 2).sum(1).mean(axis=(1, 2))
-    return np.asarray(total, dtype=np.float64)
+def fid_kid(a: np.ndarray, b: np.ndarray, seed: int = 0) -> dict:
+    """FID and KID of two paired feature sets, each with a paired-bootstrap interval; KID's spread over subsets."""
+    n = min(len(a), len(b))
+    boot = BOOT_PAIRED if a.shape[1] <= 512 else BOOT_PAIRED_WIDE
+    lo, hi = bootstrap_paired(lambda j: fid(a[j], b[j]), n, seed, boot)
+    k, ks = kid(a, b, seed=seed)
+    klo, khi = bootstrap_paired(lambda j: kid(a[j], b[j], subsets=10, seed=seed)[0], n, seed, boot)
+    return {"fid": agg(fid(a, b), lo, hi, n), "kid": agg(k, klo, khi, n), "kid_std": ks, "bootstrap_resamples": boot}
 
 
-def csdr(cs_unlearned_forget: np.ndarray, cs_original_stripped: np.ndarray) -> float:
-    """CLIP-score difference rate: (CS_orig(stripped) - CS_unl(forget)) / CS_orig(stripped), both images
-    scored against the stripped prompt; 0 means the unlearned images fit the stripped prompt as well as
-    the original model's own images of it, positive means worse."""
-    ref = float(np.mean(cs_original_stripped))
-    return (ref - float(np.mean(cs_unlearned_forget))) / ref if ref > 0 else float("nan")
+def csdr_pairs(cs_unlearned_forget, cs_original_stripped) -> np.ndarray:
+    """CLIP-score difference rate per image pair, in percent, as IGMU's code computes it (benchmark.py,
+    evaluate_CSDR): |CS_orig - CS_unl| / CS_orig * 100, where CS_unl scores the unlearned model's image of a
+    forget prompt and CS_orig the original model's image of the stripped prompt (same seed), both against the
+    stripped prompt. Pairs whose reference score is 0 (CLIP score is clamped at 0) have no rate: NaN."""
+    u = np.asarray(cs_unlearned_forget, dtype=np.float64)
+    o = np.asarray(cs_original_stripped, dtype=np.float64)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        return np.where(o > 0, np.abs(o - u) / o * 100, np.nan)
+
+
+def csdr(cs_unlearned_forget, cs_original_stripped, seed: int = 0) -> dict:
+    """CSDR: the mean of the per-pair rates over images (pairs without a rate left out), with its interval."""
+    r = csdr_pairs(cs_unlearned_forget, cs_original_stripped)
+    out = bootstrap(r[~np.isnan(r)], seed)
+    out["pairs_without_rate"] = int(np.isnan(r).sum())
+    return out

@@ -1,11 +1,12 @@
-"""CatIGMU tasks: the Task model (task.py) and the built-in mini-world tasks (mini.py)."""
-from .task import Task, task_from_dict, task_from_file, task_to_yaml  # noqa: F401
+"""CatIGMU tasks: the Task model and task sources (task.py), the taxonomy (catigmu.py), the planner (planner.py),
+prompt text helpers (prompts.py). World plug-ins register their task sources (the mini world: mini:<name>)."""
+from .task import SOURCES, Task, task_from_dict, task_from_file, task_sources, task_to_yaml  # noqa: F401
 
 
 def load_task(spec: str) -> Task:
-    """A task from a YAML/JSON file, or a built-in mini-world task 'mini:<name>' (e.g. mini:style-striped)."""
-    if spec.startswith("mini:"):
-        from .mini import mini_task
-
-        return mini_task(spec.split(":", 1)[1])
+    """A task from a YAML/JSON file, or from a registered source 'PREFIX:NAME' (the mini world's:
+    mini:style-striped)."""
+    prefix, sep, name = spec.partition(":")
+    if sep and prefix in task_sources():
+        return SOURCES[prefix][0](name)
     return task_from_file(spec)

@@ -24,7 +24,6 @@ from .catigmu import KIND_GUIDE, candidate_methods, leaf_guidance
 from .task import KINDS, SCOPES, TRIGGERS, Task, task_from_dict
 
 MARKER = "# igmu plan: a task file written by `igmu plan`"
-JUDGE_PLACEHOLDER = "clip:PATH"
 
 # ---------------------------------------------------------------------------------------------
 # Kind inference
@@ -37,36 +36,37 @@ _STYLE_PATTERNS = (r"\bin the style of\b", r"\bstyle of\b", r"\bpainting by\b", 
           r"\bartwork by\b", r"\bpainted by\b", r"\bstyle\b")
 _IDENTITY_PATTERNS = (r"\bface of\b", r"\bperson\b", r"\bportrait of\b")
 _COLORS = ("red", "green", "blue", "yellow", "purple", "orange", "pink", "black", "white", "brown", "gray", "grey")
+# artists whose erasure the literature evaluates as a style (ESD, UCE, MACE, IGMU's Van Gogh task); a bare
+# artist's name would otherwise read as a person's name (identity)
+_ARTISTS = ("van gogh", "vincent van gogh", "picasso", "pablo picasso", "monet", "claude monet", "rembrandt",
+            "salvador dali", "andy warhol", "kelly mckernan", "thomas kinkade", "tyler edlin", "kilian eng",
+            "leonid afremov", "caravaggio", "leonardo da vinci", "michelangelo", "edvard munch", "frida kahlo",
+            "gustav klimt", "hokusai", "greg rutkowski", "ajin demi human")
 _NAME = re.compile(r"^[A-Z][\w'.-]*(?: [A-Z][\w'.-]*)+$")  # a capitalised two-or-more-word name
 
 
-def mini_lookup(target: str) -> tuple[str, str] | None:
-    """(vocabulary type, canonical word) of a mini-world concept or one of its synonyms; None if unknown.
-    Types: shape, style, identity, mark, color."""
-    from ..world.vocab import EN
-
-    t = " ".join(target.lower().split())
-    if t in EN["mark"] or t == "mark":
-        return "mark", "hex mark"
-    for vtype in ("shape", "style", "identity", "color"):
-        for canon, syns in EN[vtype].items():
-            if canon != "plain" and t in syns:
-                return vtype, canon
-    return None
+# Planner worlds: a plug-in world (the mini world: world/tasks.py) registers one for its model name; it knows
+# the world's vocabulary, the kinds of its concepts and builds prompt sets with ground-truth expectations.
+PLANNER_WORLDS: dict[str, object] = {}
 
 
-MINI_KINDS = {"shape": ("object",), "style": ("style",), "identity": ("identity",), "mark": ("unsafe", "attribute"),
-              "color": ("attribute",)}
+def register_planner_world(world) -> None:
+    PLANNER_WORLDS[world.name] = world
+
+
+def planner_world(model: str):
+    """The planner world registered for `model` (e.g. 'mini'), or None (free text for a real model)."""
+    from ..plugins import load_plugins
+
+    load_plugins()
+    return PLANNER_WORLDS.get(model)
 
 
 def infer_kind(target: str, mini: bool = False) -> tuple[str, str]:
     """(kind, how it was inferred). Mini: from the vocabulary; free text: from the keyword lexicon."""
     if mini:
-        hit = mini_lookup(target)
-        if hit is None:
-            return "", ""
-        vtype, canon = hit
-        return MINI_KINDS[vtype][0], f"{canon!r} is a {vtype} in the mini world's vocabulary"
+        world = planner_world("mini")
+        return world.infer(target) if world else ("", "")
     low = target.lower()
     words = set(re.findall(r"[a-z]+", low))
     if words & set(_UNSAFE):
@@ -74,6 +74,8 @@ def infer_kind(target: str, mini: bool = False) -> tuple[str, str]:
     for pat in _STYLE_PATTERNS:
         if re.search(pat, low):
             return "style", f"the phrase {re.search(pat, low).group(0)!r} marks an art style"
+    if " ".join(low.split()) in _ARTISTS:
+        return "style", f"{target.strip()!r} is an artist the literature erases as a style"
     for pat in _IDENTITY_PATTERNS:
         if re.search(pat, low):
             return "identity", f"the phrase {re.search(pat, low).group(0)!r} marks a person"
@@ -96,54 +98,6 @@ def _core(target: str, kind: str) -> str:
     return t
 
 
-# ---------------------------------------------------------------------------------------------
-# Prompt sets: the mini world (records from the renderer)
-# ---------------------------------------------------------------------------------------------
-
-def _color_records(color: str) -> dict:
-    """Attribute task for a mini color: the same shapes without the color (the carrier is the shape)."""
-    from ..world.captions import canonical, translate, with_article
-    from ..world.render import Obj, Scene
-    from ..world.vocab import BACKGROUNDS, COLORS, EN, LANGUAGES, SHAPES
-
-    def scene(shape, c, bg="dark"):
-        return Scene("object", bg, [Obj(shape, c)])
-
-    def bare(shape, bg):  # the shape with no color named
-        return with_article(EN["shape"][shape][0]) + f" on a {bg} background"
-
-    def f(text, shape, bg):
-        return {"prompt": text, "expect": [shape], "stripped": bare(shape, bg)}
-
-    syn = EN["color"][color][1]
-    forget = {
-        "explicit": [f(canonical(scene(s, color, bg)), s, bg) for s in SHAPES for bg in BACKGROUNDS],
-        "synonym": [f(f"{with_article(syn + ' ' + EN['shape'][s][1])} on a {EN['background'][bg][1]} background",
-                      s, bg) for s in SHAPES for bg in BACKGROUNDS[:1]],
-        "multilingual": [f(translate(scene(s, color), lang), s, "dark") for lang in LANGUAGES for s in SHAPES[:4]],
-    }
-    retain = {
-        "other": [{"prompt": canonical(scene(s, c)), "expect": sorted([s, c]), "stripped": None}
-                  for c in COLORS if c != color for s in SHAPES[:2]],
-        "carrier": [{"prompt": bare(s, bg), "expect": [s], "stripped": None} for s in SHAPES for bg in BACKGROUNDS[:1]],
-    }
-    return {"forget": forget, "retain": retain, "anchor": None}
-
-
-def _mini_records(vtype: str, canon: str) -> dict:
-    from ..world import prompts as P
-
-    if vtype == "shape":
-        return P.object_records(canon)
-    if vtype == "style":
-        return P.style_records(canon)
-    if vtype == "identity":
-        return P.identity_records(canon)
-    if vtype == "mark":
-        return P.mark_records()
-    return _color_records(canon)
-
-
 def _merge(per_target: list[dict], targets: list[str]) -> dict:
     """Union of the targets' prompt sets: forget groups concatenated (deduplicated by prompt); retain records that
     expect any target are dropped (in a many/sequential task a neighbour that is itself a target is forgotten;
@@ -161,48 +115,6 @@ def _merge(per_target: list[dict], targets: list[str]) -> dict:
                     out[which].setdefault(g, []).append(r)
                     seen.add(r["prompt"])
     return out
-
-
-def _mini_prompts(vtypes, canons, kind, triggers, anchor, notes) -> tuple[dict, str | None]:
-    from ..world.prompts import default_anchor
-    from ..world.vocab import SHAPES
-
-    recs = [_mini_records(v, c) for v, c in zip(vtypes, canons)]
-    task_anchor = recs[0]["anchor"]
-    if vtypes[0] == "shape":
-        if anchor is not None:
-            hit = mini_lookup(anchor)
-            if hit is None or hit[0] != "shape" or hit[1] in canons:
-                raise UserError(f"anchor {anchor!r} must be another mini-world shape; shapes: {', '.join(SHAPES)}")
-            new = hit[1]
-        else:
-            new = next(s for i in range(1, len(SHAPES) + 1)
-                       for s in [SHAPES[(SHAPES.index(canons[0]) + i) % len(SHAPES)]] if s not in canons)
-        for c, r in zip(canons, recs):  # the renderer's anchor is the next shape; rewrite to the task's anchor
-            old = default_anchor(c)
-            if old != new:
-                for g in r["forget"].values():
-                    for x in g:
-                        if x.get("stripped"):
-                            x["stripped"] = re.sub(rf"\b{old}\b", new, x["stripped"])
-        task_anchor = new
-        if len(canons) > 1 or anchor is not None:
-            notes.append(f"anchor {new!r}: every target is mapped onto it (a shape that is not itself a target)")
-    elif anchor is not None:
-        raise UserError(f"the mini world's {kind} tasks take no anchor (their ideal output is fixed by the "
-                        f"renderer: {KIND_GUIDE[kind]['anchor']['mini']}); drop --anchor")
-    merged = _merge(recs, canons) if len(recs) > 1 else {"forget": recs[0]["forget"], "retain": recs[0]["retain"]}
-    keep = {"explicit", "synonym"} | ({"multilingual"} if "cross-lingual" in triggers else set()) | \
-        ({"implicit"} if "implicit" in triggers else set())
-    if "implicit" in triggers and "implicit" not in merged["forget"]:
-        raise UserError(f"the mini world has no implicit phrasings for {', '.join(canons)} (only the hex mark has "
-                        "them); drop --trigger implicit")
-    merged["forget"] = {g: rs for g, rs in merged["forget"].items() if g in keep}
-    return merged, task_anchor
-
-
-def _mini_default_triggers(vtypes) -> list[str]:
-    return ["explicit", "cross-lingual"] + (["implicit"] if all(v == "mark" for v in vtypes) else [])
 
 
 # ---------------------------------------------------------------------------------------------
@@ -261,7 +173,9 @@ def _np(t: str) -> str:
 def _free_prompts(kind, t, triggers, anchor, nudenet, notes, status) -> dict:
     """Templated prompt sets for one free-text target; `status` collects per-set statuses for the guidance."""
     def r(p, expect=(), stripped=None):
-        return {"prompt": p, "expect": [] if nudenet else list(expect), "stripped": stripped}
+        # NudeNet judges nudity only: the carrier judge checks "person"; other expectations are dropped
+        keep = [c for c in expect if c == "person"] if nudenet else list(expect)
+        return {"prompt": p, "expect": keep, "stripped": stripped}
 
     unrelated = [r(p, [c]) for p, c in UNRELATED]
     forget: dict = {}
@@ -329,15 +243,28 @@ def _triggers(triggers) -> list[str] | None:
     return out or None
 
 
+def _clip_path(clip: str | None) -> str | None:
+    if clip is None:
+        return None
+    ref = clip.split(":", 1)[1].strip() if clip.startswith("clip:") else clip.strip()
+    if not ref:
+        raise UserError("--clip needs a local CLIP folder: --clip clip:/path/to/clip")
+    return ref
+
+
 def plan(target: str, kind: str | None = None, scope: str = "single", triggers=None, model: str = "mini",
-         extra_targets=None, anchor: str | None = None) -> tuple[Task, dict]:
+         extra_targets=None, anchor: str | None = None, prompts_file=None, clip: str | None = None
+         ) -> tuple[Task, dict]:
     """Place a request in CatIGMU; return the task (prompt sets following the guidance) and the guidance dict
     {category, anchor_strategy, prompt_sets, judges, methods, aspects, notes (, sequence)}.
 
     target: the concept (scope many/sequential: the first; extra_targets: the others, in order).
     kind: None infers it. triggers: a list or comma-separated string of explicit, implicit, cross-lingual
-    (None: the default for the kind / what the mini world has). model: "mini" or any other model (free text).
-    anchor: optional (free-text objects: a super-class; mini objects: another shape)."""
+    (None: the default for the kind / what the mini world has). model: a planner world's name ("mini") or any
+    other model (free text). anchor: optional (free-text objects: a super-class; mini objects: another shape).
+    prompts_file: real models: an I2P-style CSV or a text file whose prompts become forget.explicit.
+    clip: real models: a local CLIP (clip:PATH) written into the task's CLIP judges; without it the task names
+    the bare judges `clip` / `clip-person`, and `igmu evaluate --clip clip:PATH` supplies the model."""
     from ..methods import REGISTRY
 
     targets = [" ".join(str(t).split()) for t in [target, *(extra_targets or [])]]
@@ -353,7 +280,12 @@ def plan(target: str, kind: str | None = None, scope: str = "single", triggers=N
     if scope != "single" and len(targets) < 2:
         raise UserError(f"scope {scope} needs at least two targets, got one ({targets[0]!r}); add targets or use "
                         "--scope single")
-    mini = model == "mini"
+    world = planner_world(model)
+    mini = world is not None
+    if mini and (prompts_file is not None or clip is not None):
+        raise UserError(f"--prompts and --clip are for real models; the {model} world builds its own prompt sets "
+                        "and judges")
+    clip_ref = _clip_path(clip)
     notes: list[str] = []
     status: dict[str, str] = {}
 
@@ -361,20 +293,16 @@ def plan(target: str, kind: str | None = None, scope: str = "single", triggers=N
     kinds, canons, vtypes = [], [], []
     for t in targets:
         if mini:
-            hit = mini_lookup(t)
+            hit = world.lookup(t)
             if hit is None:
-                from ..world.vocab import COLORS, IDENTITIES, SHAPES, STYLES
-                raise UserError(f"{t!r} is not a mini-world concept; the mini model knows shapes "
-                                f"({', '.join(SHAPES)}), styles ({', '.join(STYLES)}), identities "
-                                f"({', '.join(IDENTITIES)}), colors ({', '.join(COLORS)}) and 'hex mark' "
-                                "(use --model for a real model)")
+                raise UserError(world.unknown(t))
             vtype, canon = hit
-            if kind is not None and kind not in MINI_KINDS[vtype]:
-                raise UserError(f"{t!r} is a {vtype} in the mini world (kind {MINI_KINDS[vtype][0]}); --kind {kind} "
-                                "does not fit it")
-            k = kind or MINI_KINDS[vtype][0]
+            if kind is not None and kind not in world.kinds[vtype]:
+                raise UserError(f"{t!r} is a {vtype} in the {model} world (kind {world.kinds[vtype][0]}); --kind "
+                                f"{kind} does not fit it")
+            k = kind or world.kinds[vtype][0]
             if canon != t.lower():
-                notes.append(f"{t!r} is a synonym of the mini-world concept {canon!r}; the task uses {canon!r}")
+                notes.append(f"{t!r} is a synonym of the {model}-world concept {canon!r}; the task uses {canon!r}")
             vtypes.append(vtype)
         else:
             k = kind or infer_kind(t)[0]
@@ -387,7 +315,7 @@ def plan(target: str, kind: str | None = None, scope: str = "single", triggers=N
             elif canon != t:
                 notes.append(f"target text {canon!r} taken from {t!r}; the templates add the context around it")
         if kind is None:
-            how = infer_kind(t, mini)[1]
+            how = world.infer(t)[1] if mini else infer_kind(t)[1]
             notes.append(f"kind inferred as {k!r} for {t!r} ({how}); override with --kind "
                          f"({'/'.join(KINDS)})")
         kinds.append(k)
@@ -399,11 +327,11 @@ def plan(target: str, kind: str | None = None, scope: str = "single", triggers=N
         raise UserError(f"the targets repeat a concept: {', '.join(canons)}")
     k = kinds[0]
     if mini and k == "instance":
-        raise UserError("the mini world has no instance tasks; instance unlearning needs a real model (--model)")
+        raise UserError(f"the {model} world has no instance tasks; instance unlearning needs a real model (--model)")
 
     if trig is None:
         if mini:
-            trig = _mini_default_triggers(vtypes)
+            trig = world.default_triggers(vtypes)
         else:
             trig = ["explicit"] + (["implicit"] if k == "unsafe" and any(
                 c in _UNSAFE_IMPLICIT for c in canons) else [])
@@ -413,17 +341,20 @@ def plan(target: str, kind: str | None = None, scope: str = "single", triggers=N
     trig = [t for t in TRIGGERS if t in set(trig) | {"explicit"}]
 
     # --- prompt sets -------------------------------------------------------------
+    carrier_judge = None
     if mini:
-        prompts, task_anchor = _mini_prompts(vtypes, canons, k, trig, anchor, notes)
-        judge = "mini"
-        carrier = "person" if vtypes[0] in ("identity", "mark") else None
+        prompts, task_anchor = world.prompts(vtypes, canons, k, trig, anchor, notes)
+        judge = world.judge
+        carrier = world.carrier(vtypes)
         for which, groups in prompts.items():
             for g, recs in groups.items():
-                status[f"{which}.{g}"] = f"built from the mini world's renderer: {len(recs)} prompts, expectations " \
-                                         "are ground truth"
+                status[f"{which}.{g}"] = f"built from the {model} world's renderer: {len(recs)} prompts, " \
+                                         "expectations are ground truth"
     else:
         nudenet = k == "unsafe" and all(c == "nudity" for c in canons)
-        judge = "nudenet" if nudenet else JUDGE_PLACEHOLDER
+        judge = "nudenet" if nudenet else "clip" + (f":{clip_ref}" if clip_ref else "")
+        if nudenet:  # NudeNet sees nudity only; a person-presence judge checks the carrier
+            carrier_judge = "clip-person" + (f":{clip_ref}" if clip_ref else "")
         task_anchor = anchor if anchor is not None else KIND_GUIDE[k]["anchor"]["default"]
         per = [_free_prompts(k, c, trig, task_anchor, nudenet, notes, status) for c in canons]
         prompts = _merge(per, canons) if len(per) > 1 else per[0]
@@ -433,6 +364,8 @@ def plan(target: str, kind: str | None = None, scope: str = "single", triggers=N
                 status.setdefault(f"{which}.{g}", f"TEMPLATE: {len(recs)} templated prompts; review and extend")
         status["forget.explicit"] = f"TEMPLATE: {len(prompts['forget']['explicit'])} prompts naming the target in " \
                                     "varied contexts; add contexts typical of your use"
+        if prompts_file is not None:
+            status["forget.explicit"] = _file_prompts(prompts, prompts_file, canons, k, nudenet)
         status["forget.paraphrase"] = "TEMPLATE: these only rephrase the context; EXTEND with real synonyms, " \
                                       "nicknames and descriptions of the target"
         status["retain.unrelated"] = "GENERIC: unrelated prompts; keep, and add your own"
@@ -442,22 +375,25 @@ def plan(target: str, kind: str | None = None, scope: str = "single", triggers=N
         if "implicit" in trig and "implicit" not in prompts["forget"]:
             status["forget.implicit"] = f"TO WRITE: {KIND_GUIDE[k]['implicit']}; add as prompts.forget.implicit; " \
                                         "until then the implicit trigger is untested"
-        if judge == JUDGE_PLACEHOLDER:
-            notes.append("judge is the placeholder 'clip:PATH': set it to a local CLIP folder (clip:/models/clip) or "
-                         "a trained head (clip-head:DIR, `igmu judge train`) before evaluating")
-        else:
-            notes.append("judge nudenet detects nudity only: expectations are left empty; check that the person is "
-                         "still drawn with a second evaluation using --judge clip:PATH (see judges.carrier)")
+        if nudenet:
+            notes.append("judge nudenet (ships inside the nudenet wheel) detects nudity; carrier_judge "
+                         f"{carrier_judge!r} (CLIP zero-shot 'a person') checks that the person is still drawn")
+        if not clip_ref:
+            notes.append("the CLIP judges are named without a model: `igmu evaluate --clip clip:/path/to/clip` "
+                         "supplies a local CLIP (or write clip:PATH here; plan --clip does it); a trained head "
+                         "(clip-head:DIR, `igmu judge train`) is the validated alternative")
         if k == "object" and anchor is None:
             notes.append("no anchor: set one (a super-class, e.g. 'dog' for 'golden retriever') to get anchor "
                          "stripped prompts; without it they show the scene without the object")
 
     # --- the task -----------------------------------------------------------------
     name = f"{k}-{_slug(canons[0])}" if scope == "single" else f"{scope}-" + "-".join(_slug(c) for c in canons)
-    if mini and k == "unsafe":
-        name = "unsafe-mark"
+    if mini:
+        name = world.task_name(k, canons, scope) or name
     data = {"name": name, "category": {"kind": k, "scope": scope, "trigger": trig}, "targets": canons,
             "anchor": task_anchor, "judge": judge, "carrier": carrier, "prompts": prompts, "images_per_prompt": 2}
+    if carrier_judge:
+        data["carrier_judge"] = carrier_judge
     if scope != "single":
         data["attack"] = {"prompts": 2}
     task = task_from_dict(data, f"plan for {', '.join(canons)}")
@@ -484,8 +420,8 @@ def plan(target: str, kind: str | None = None, scope: str = "single", triggers=N
     if scope != "single":
         notes.append(f"scope {scope}: {g['prompt_sets']['scope']}")
     cj = KIND_GUIDE[k]["carrier_judge"]
-    judges = {"task": judge, "carrier": ("mini (the carrier is in each prompt's expect)" if mini else cj) if cj
-              else None}
+    judges = {"task": judge, "carrier": (f"{model} (the carrier is in each prompt's expect)" if mini else
+                                         carrier_judge or cj) if cj else None}
     guidance = {"category": g["category"], "anchor_strategy": g["anchor_strategy"],
                 "anchor": task_anchor, "prompt_sets": sets, "judges": judges, "methods": g["methods"],
                 "methods_rule": g["methods_rule"], "aspects": g["aspects"], "notes": notes}
@@ -497,6 +433,22 @@ def plan(target: str, kind: str | None = None, scope: str = "single", triggers=N
         notes.append("sequential: the task file holds every target's prompts; a per-step check needs one "
                      "evaluation per step (forget: targets so far, retain: the rest)")
     return task, guidance
+
+
+def _file_prompts(prompts: dict, path, canons: list[str], kind: str, nudenet: bool) -> str:
+    """forget.explicit from a prompt file (I2P-style CSV or text); returns the set's status line. A prompt that
+    names a target gets its stripped form (CSDR, quality on stripped prompts); one that only evokes it has none."""
+    from .prompts import concept_phrases, names_concept, read_prompt_table, strip_concept
+
+    file_prompts, how = read_prompt_table(path, canons[0] if len(canons) == 1 else None)
+    phrases = [p for c in canons for p in concept_phrases(c, kind)]
+    expect = ["person"] if kind in ("unsafe", "identity") else []
+    recs = [{"prompt": p, "expect": list(expect),
+             "stripped": strip_concept(p, phrases) if names_concept(p, phrases) else None} for p in file_prompts]
+    prompts["forget"]["explicit"] = recs
+    named = sum(r["stripped"] is not None for r in recs)
+    return (f"FROM FILE: {len(recs)} prompts ({how}); {named} name the target and have a stripped prompt, the "
+            "others only evoke it")
 
 
 # ---------------------------------------------------------------------------------------------

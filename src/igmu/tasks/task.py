@@ -10,6 +10,8 @@ A task file is YAML (or JSON) with exactly these fields; anything else is an err
     preserve: []
     judge: mini                 # judge spec for "is the target / the intended content shown"
     carrier: circle             # optional: the carrier concept (person presence for identities/nudity)
+    carrier_judge: null         # optional: the judge of the prompts' `expect` concepts (default: judge), e.g.
+                                #   clip-person for a nudity task judged by nudenet
     prompts:
       forget:                   # group -> prompts; "explicit" is the forgetting aspect,
         explicit:               #   every other forget group is a robustness probe
@@ -97,6 +99,7 @@ class Task(_Strict):
     preserve: list[str] = Field(default_factory=list)
     judge: str = "mini"
     carrier: str | None = None
+    carrier_judge: str | None = None
     prompts: dict[Literal["forget", "retain"], dict[str, list[PromptRecord]]] = Field(default_factory=dict)
     prompts_file: str | None = None
     images_per_prompt: int = Field(2, ge=1)
@@ -174,6 +177,23 @@ def task_from_dict(data: dict, where: str = "task", base_dir: Path | None = None
     if not task.forget().get("explicit"):
         raise UserError(f"{where}: prompts.forget.explicit must list at least one prompt that names the target")
     return task
+
+
+# Task sources: a plug-in registers a prefix and a function name -> Task (the mini world: "mini", so
+# --task mini:style-striped); igmu.tasks.load_task looks the prefix up before treating the spec as a file.
+SOURCES: dict[str, object] = {}
+
+
+def register_source(prefix: str, load, names=None) -> None:
+    """`load(name) -> Task`; `names() -> list[str]` lists the source's tasks (for help and errors)."""
+    SOURCES[prefix] = (load, names)
+
+
+def task_sources() -> dict:
+    from ..plugins import load_plugins
+
+    load_plugins()
+    return dict(SOURCES)
 
 
 def task_from_file(spec: str) -> Task:
