@@ -82,7 +82,8 @@ def validate_metrics(n: int) -> dict:
     from dataclasses import replace
 
     from igmu.evaluation import metrics as M
-    from igmu.evaluation.evaluate import _clip_scorer, _features, _perceptual
+    from igmu.evaluation.evaluate import _features
+    from igmu.evaluation.registry import get
     from igmu.world.captions import canonical
     from igmu.world.render import Obj, Scene, render
     from igmu.world.vocab import BACKGROUNDS, COLORS, SHAPES, STYLES
@@ -96,7 +97,8 @@ def validate_metrics(n: int) -> dict:
     moved = [replace(s, objects=[replace(s.objects[0], cx=s.objects[0].cx + 1)]) for s in styled]
     R = lambda ss: np.stack([render(s) for s in ss])  # noqa: E731
     im_styled, im_plain, im_moved = R(styled), R(plain), R(moved)
-    feats = _features("mini-clip")
+    net = get("features", "mini-clip")
+    feats = lambda imgs: _features(net, imgs)  # noqa: E731
     res = {}
     # FID/KID: a set against an independent draw of the same distribution, and against sets where a growing
     # share of images lost their style (a known distribution shift): FID must grow with the share.
@@ -114,20 +116,21 @@ def validate_metrics(n: int) -> dict:
     res["fid_monotone"] = bool(all(a < b for a, b in zip(fids, fids[1:])))
     res["kid_monotone"] = bool(all(a < b for a, b in zip(kids, kids[1:])))
     # perceptual distance: a 1-pixel shift (same content) must be closer than losing the style (content change)
-    d_same, d_diff = _perceptual(im_styled, im_moved), _perceptual(im_styled, im_plain)
+    perceptual = get("perceptual", "mini").distance
+    d_same, d_diff = perceptual(im_styled, im_moved), perceptual(im_styled, im_plain)
     res["perceptual_auc_content_change_vs_shift"] = float((d_diff[:, None] > d_same[None, :]).mean())
     res["perceptual_pairs"] = n
     # CLIP score: the image's own caption must score above the caption of its style-stripped scene
-    score = _clip_scorer("mini-clip")
+    score = get("clip-score", "mini-clip").score
     cs_own = score(im_styled, [canonical(s) for s in styled])
     cs_strip = score(im_styled, [canonical(s) for s in plain])
     res["clip_score_pairwise_accuracy"] = float((cs_own > cs_strip).mean())
-    # CSDR: renders of the styled scene vs renders of the stripped scene, scored against the stripped caption:
-    # positive for styled images (they carry the target), zero for the stripped renders themselves
+    # CSDR (IGMU's per-pair rate, %): renders of the styled scene vs renders of the stripped scene, scored against
+    # the stripped caption: positive for styled images (they carry the target), zero for the stripped renders
     texts = [canonical(s) for s in plain]
     cs_p = score(im_plain, texts)
-    res["csdr_styled_vs_stripped"] = M.csdr(score(im_styled, texts), cs_p)
-    res["csdr_stripped_vs_itself"] = M.csdr(cs_p, cs_p)
+    res["csdr_styled_vs_stripped"] = M.csdr(score(im_styled, texts), cs_p)["value"]  # percent, per-pair mean
+    res["csdr_stripped_vs_itself"] = M.csdr(cs_p, cs_p)["value"]
     return res
 
 
