@@ -82,8 +82,8 @@ def register_world(world: World) -> None:
 
 
 def _load() -> None:
+    """The plug-ins' entries (the real networks register in nets.py, imported by the package)."""
     from ..plugins import load_plugins
-    from . import nets  # noqa: F401  (registers the real networks)
 
     load_plugins()
 
