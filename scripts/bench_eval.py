@@ -159,7 +159,7 @@ def validate_attack(steps: int = 40) -> dict:
 def speed(task_name: str, method: str) -> dict:
     from igmu.evaluation.cache import Cache
     from igmu.evaluation.evaluate import ASPECTS, EvalConfig, evaluate
-    from igmu.methods.artifact import run_erase
+    from igmu.erase import run_erase
     from igmu.tasks import load_task
 
     work = Path("out/bench/eval-speed")
