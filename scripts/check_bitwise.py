@@ -37,6 +37,7 @@ ROOT = Path(__file__).resolve().parent.parent
 # small budgets: a few iterations of every loop (the defaults would take an hour)
 BUDGET = {
     "esd": ["iterations=2", "sample_steps=3"],
+    "esd-lora": ["iterations=2", "sample_steps=3"],
     "uce": [],
     "fmn": ["iterations=2", "n_images=2", "sample_steps=3"],
     "conceptprune": ["samples=2", "sample_steps=3", "timesteps=2"],
@@ -60,6 +61,7 @@ BUDGET = {
 # the "rich" request: other options that reach other code paths
 RICH = {
     "esd": ["train_method=noxattn"],
+    "esd-lora": ["rank=2", "negative_guidance=2"],
     "fmn": ["train_method=xattn", "use_pooler=false"],
     "conceptprune": ["contexts=['a {}', '{} here']"],
     "mace": ["use_mask=false", "importance_sampling=false"],

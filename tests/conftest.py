@@ -72,3 +72,26 @@ def tiny_clip(tmp_path_factory):
     tok.save_pretrained(str(path))
     CLIPImageProcessor(size={"shortest_edge": 32}, crop_size={"height": 32, "width": 32}).save_pretrained(str(path))
     return path
+
+
+def _tiny(tmp_path_factory, kind):
+    from igmu.models.tiny import make_tiny_pipeline
+
+    path = tmp_path_factory.mktemp("tiny") / kind
+    make_tiny_pipeline(kind).save_pretrained(str(path))
+    return path
+
+
+@pytest.fixture(scope="session")
+def tiny_sdxl(tmp_path_factory):
+    return _tiny(tmp_path_factory, "sdxl")
+
+
+@pytest.fixture(scope="session")
+def tiny_sd3(tmp_path_factory):
+    return _tiny(tmp_path_factory, "sd3")
+
+
+@pytest.fixture(scope="session")
+def tiny_flux(tmp_path_factory):
+    return _tiny(tmp_path_factory, "flux")

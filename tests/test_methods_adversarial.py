@@ -51,8 +51,8 @@ def _goal_gap(base, pipes, prompt, eta=1.0, stops=(0, 1, 2)):
 
 def _attack_value(pipe, orig, prompt, reg):
     """RECE's attack objective at its optimum: min_e sum_l ||W'_l e - W_l c||^2 + reg ||e||^2."""
-    We = [lin.weight.detach() for _, lin in edited_projections(pipe)]
-    Wo = [lin.weight.detach() for _, lin in edited_projections(orig)]
+    We = [p.linear.weight.detach() for p in edited_projections(pipe)]
+    Wo = [p.linear.weight.detach() for p in edited_projections(orig)]
     c = adapter_for(orig).encode([prompt])[0][0]
     e = adversarial_embedding(We, Wo, c, reg)
     return sum(((a.double() @ e.T - b.double() @ c.double().T) ** 2).sum() for a, b in zip(We, Wo)).item() \

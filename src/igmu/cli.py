@@ -94,16 +94,19 @@ def generate(
 @app.command()
 @handles_errors
 def methods():
-    """List the unlearning methods: mechanism, what they change, source."""
+    """List the unlearning methods: mechanism, what they change, the architectures they run on, source."""
     from rich.console import Console
     from rich.table import Table
 
     from .methods import REGISTRY
 
-    t = Table("method", "mechanism", "changes", "multi-concept", "source")
+    from .methods.support import COLUMNS, cell
+
+    t = Table("method", "mechanism", "changes", "multi-concept", "architectures", "source")
     for name in sorted(REGISTRY):
         m = REGISTRY[name]
-        t.add_row(name, m.summary, m.changes, "yes" if m.multi_concept else "no", m.source)
+        runs = [col for col, fam in COLUMNS.items() if cell(name, fam)[0] == "yes"]
+        t.add_row(name, m.summary, m.changes, "yes" if m.multi_concept else "no", ", ".join(runs), m.source)
     Console(width=200).print(t)
 
 

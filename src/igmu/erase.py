@@ -36,6 +36,8 @@ def run_erase(model: str, method_name: str, targets: list[str], anchor: str | No
     where = resolve_model(model)
     pipe = load_model(model)
     req = EraseRequest(targets=targets, anchor=anchor, preserve=[p.strip() for p in preserve or []])
+    method.check_architecture(pipe)
+    cfg = method.resolve_config(pipe, cfg)  # the family's official defaults where they differ (manifest records them)
     method.check(pipe, req, cfg)
     sampling = None
     t0 = time.perf_counter()

@@ -43,15 +43,19 @@ class GenSettings:
 
 
 def initial_noise(pipe, seed: int, height: int, width: int) -> torch.Tensor:
-    c = pipe.unet.config.in_channels
-    f = pipe.vae_scale_factor
+    """The initial latent (1 x C x h x w, unpacked) of one image, from its own seeded generator."""
+    from .diffusion.arch import adapter_for
+
+    a = adapter_for(pipe)
     g = torch.Generator("cpu").manual_seed(int(seed))
-    return torch.randn((1, c, height // f, width // f), generator=g, dtype=torch.float32)
+    return torch.randn((1, a.in_channels, *a.latent_size(height, width)), generator=g, dtype=torch.float32)
 
 
 def _size(pipe, s: GenSettings):
-    d = pipe.unet.config.sample_size * pipe.vae_scale_factor
-    return s.height or d, s.width or d
+    from .diffusion.arch import adapter_for
+
+    h, w = adapter_for(pipe).image_size
+    return s.height or h, s.width or w
 
 
 @torch.no_grad()
@@ -65,8 +69,10 @@ def generate_images(pipe, prompts: list[str], seeds: list[int], settings: GenSet
 
     settings.validate()
     h, w = _size(pipe, settings)
+    from .diffusion.arch import adapter_for
+
     dev = pipe.device
-    dtype = pipe.unet.dtype
+    dtype = adapter_for(pipe).denoiser.dtype
     sample = getattr(pipe, "igmu_sampler", None) or pipeline_images
     out = []
     for i in range(0, len(prompts), batch_size):

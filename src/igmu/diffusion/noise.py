@@ -4,8 +4,12 @@
     target = eps (epsilon models) or v = sqrt(abar_t) eps - sqrt(1 - abar_t) x_0 (v-prediction)
     L = E_{t, eps} || model(x_t, t, c) - target ||^2                   (diffusion_loss)
 
-The schedule is the pipeline's training schedule (`Adapter.train_scheduler`, a DDPMScheduler built from
-the pipeline's scheduler config).
+and for flow-matching models (SD3, FLUX; schedules.py):
+
+    x_t = (1 - sigma_t) x_0 + sigma_t eps,  sigma_t = t / T,   target = v = eps - x_0
+
+The schedule is the pipeline's training schedule (`Adapter.train_scheduler`: a DDPMScheduler built from
+the pipeline's scheduler config, or schedules.FlowMatchTrainSchedule).
 """
 from __future__ import annotations
 
@@ -13,6 +17,7 @@ import torch
 
 from ..errors import UserError
 from .arch import adapter_for
+from .schedules import FLOW
 
 
 def noised(sched, x0: torch.Tensor, generator: torch.Generator, t: torch.Tensor | None = None):
@@ -26,24 +31,30 @@ def noised(sched, x0: torch.Tensor, generator: torch.Generator, t: torch.Tensor 
 
 
 def diffusion_target(sched, x0: torch.Tensor, noise: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
-    """What the denoiser is trained to predict at (x0, noise, t): the noise (epsilon models) or v (v-prediction)."""
+    """What the denoiser is trained to predict at (x0, noise, t): the noise (epsilon models), v (v-prediction)
+    or the flow velocity eps - x0 (flow matching)."""
     kind = getattr(sched.config, "prediction_type", "epsilon")
     if kind == "epsilon":
         return noise
     if kind == "v_prediction":
         return sched.get_velocity(x0, noise, t)
-    raise UserError(f"prediction type {kind!r} is not supported (epsilon or v_prediction)")
+    if kind == FLOW:
+        return sched.velocity(x0, noise)
+    raise UserError(f"prediction type {kind!r} is not supported (epsilon, v_prediction or flow)")
 
 
 def predicted_x0(sched, xt: torch.Tensor, out: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
     """The clean latent a model output implies (DDPM's pred_original_sample, no clipping):
-    epsilon: (x_t - sqrt(1 - abar_t) eps) / sqrt(abar_t);  v: sqrt(abar_t) x_t - sqrt(1 - abar_t) v."""
+    epsilon: (x_t - sqrt(1 - abar_t) eps) / sqrt(abar_t);  v: sqrt(abar_t) x_t - sqrt(1 - abar_t) v;
+    flow: x_t - sigma_t v."""
+    if getattr(sched.config, "prediction_type", None) == FLOW:
+        return sched.predicted_x0(xt, out, t)
     ab = sched.alphas_cumprod.to(xt.device)[t].to(xt.dtype).view(-1, *([1] * (xt.dim() - 1)))
     kind = getattr(sched.config, "prediction_type", "epsilon")
     if kind == "v_prediction":
         return ab.sqrt() * xt - (1 - ab).sqrt() * out
     if kind != "epsilon":
-        raise UserError(f"prediction type {kind!r} is not supported (epsilon or v_prediction)")
+        raise UserError(f"prediction type {kind!r} is not supported (epsilon, v_prediction or flow)")
     return (xt - (1 - ab).sqrt() * out) / ab.sqrt()
 
 

@@ -2,7 +2,8 @@
 trajectories for training latents x_t, and pools of whole trajectories.
 
 Classifier-free guidance (Ho & Salimans 2022):  out = out(x, "") + g (out(x, c) - out(x, ""))  in the
-denoiser's own output space, stepped with a fresh copy of the pipeline's own scheduler.
+denoiser's own output space (a guidance-distilled FLUX.1 takes g as an input instead: Adapter.guided),
+stepped with a fresh copy of the pipeline's own scheduler, its timesteps set as the pipeline sets them.
 """
 from __future__ import annotations
 
@@ -14,10 +15,9 @@ from .arch import adapter_for
 
 
 def cfg_noise(pipe, model, x, t, cond, uncond, guidance: float) -> torch.Tensor:
-    """Classifier-free guided model output: uncond + g (cond - uncond), one batched denoiser call."""
-    out = adapter_for(pipe).denoise(model, torch.cat([x, x]), t, torch.cat([uncond, cond]))
-    u, c = out.chunk(2)
-    return u + guidance * (c - u)
+    """The guided model output the family samples with (Adapter.guided): classifier-free guidance,
+    uncond + g (cond - uncond) in one batched denoiser call."""
+    return adapter_for(pipe).guided(model, x, t, cond, uncond, guidance)
 
 
 @torch.no_grad()
@@ -33,14 +33,14 @@ def sample_latents(pipe, model, cond, uncond, steps: int, guidance: float, gener
     """
     a = adapter_for(pipe)
     sched = a.sampling_scheduler()
-    sched.set_timesteps(steps)
     if noise is None:
         noise = torch.randn(a.latent_shape(cond.shape[0]), generator=generator)
-    x = noise.to(cond.device, cond.dtype) * sched.init_noise_sigma
+    a.set_timesteps(sched, steps, tuple(noise.shape[-2:]))
+    x = noise.to(cond.device, cond.dtype) * a.init_noise_sigma(sched)
     extra = {"generator": generator} if generator is not None and "generator" in inspect.signature(
         sched.step).parameters else {}
     for k, t in enumerate(sched.timesteps[:stop]):
-        x_in = sched.scale_model_input(x, t)
+        x_in = a.scale_model_input(sched, x, t)
         if on_step is not None:
             on_step(k, t, x_in)
         eps = cfg_noise(a, model, x_in, t, cond, uncond, guidance)
@@ -56,7 +56,7 @@ def sample_until(pipe, model, cond, uncond, steps: int, stop: int, guidance: flo
     """
     x, sched = sample_latents(pipe, model, cond, uncond, steps, guidance, generator, stop=stop)
     t = sched.timesteps[stop]
-    return sched.scale_model_input(x, t), t
+    return adapter_for(pipe).scale_model_input(sched, x, t), t
 
 
 @torch.no_grad()
@@ -95,8 +95,8 @@ def concept_latents(pipe, model, prompts: list[str], n: int, steps: int, guidanc
 
 @torch.no_grad()
 def pipeline_images(pipe, prompts: list[str], negative_prompts: list[str] | None, latents: torch.Tensor,
-                    steps: int, guidance: float, height: int, width: int):
-    """The plain pipeline call from given initial latents: float N x H x W x 3 in [0, 1] (what generation
-    does without an inference-time method, and what such a method's hook falls back to)."""
-    return pipe(prompt=prompts, negative_prompt=negative_prompts, latents=latents, num_inference_steps=steps,
-                guidance_scale=guidance, height=height, width=width, output_type="np").images
+                    steps: int, guidance: float, height: int, width: int, **extra):
+    """The plain pipeline call from given initial latents (N x C x h x w): float N x H x W x 3 in [0, 1] (what
+    generation does without an inference-time method, and what such a method's hook falls back to)."""
+    return adapter_for(pipe).pipeline_images(prompts, negative_prompts, latents, steps, guidance, height, width,
+                                             **extra)

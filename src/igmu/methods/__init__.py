@@ -4,6 +4,7 @@ from .base import REGISTRY, EraseRequest, Eraser, MethodConfig, Sampler, get_met
 
 # one import per method module (each registers itself)
 from . import esd  # noqa: F401,E402
+from . import esd_lora  # noqa: F401,E402
 from . import uce  # noqa: F401,E402
 from . import mace  # noqa: F401,E402
 from . import fmn  # noqa: F401,E402

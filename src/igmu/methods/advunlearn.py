@@ -149,6 +149,13 @@ class AdvUnlearn(Eraser):
               "Models, NeurIPS 2024; OPTML-Group/AdvUnlearn")
     multi_concept = True
     Config = AdvUnlearnConfig
+    architectures = {
+        "sd": None,
+        "sdxl": ("AdvUnlearn adversarially trains the one CLIP text encoder SD 1.x conditions on (official code: SD "
+                 "v1.4's); SDXL conditions on two encoders' concatenated states and a pooled embedding"),
+        "sd3": "AdvUnlearn trains one CLIP text encoder against a CLIP-token attack; SD3 also reads the prompt through T5",
+        "flux": "AdvUnlearn trains one CLIP text encoder against a CLIP-token attack; FLUX.1 reads the prompt through T5",
+    }
 
     def check(self, pipe, req: EraseRequest, cfg: AdvUnlearnConfig):
         a = adapter_for(pipe)

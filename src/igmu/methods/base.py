@@ -25,6 +25,7 @@ import numpy as np
 import yaml
 from pydantic import BaseModel, ConfigDict, ValidationError
 
+from ..diffusion.arch import FAMILIES as FAMILY_LABELS
 from ..errors import UserError
 
 
@@ -60,6 +61,13 @@ class Eraser:
     sampling_type: ClassVar[str | None] = None  # sampling kind: the "type" of its specs
     unet_passes_per_step: ClassVar[int] = 2  # sampling kind: UNet batch per step (plain CFG: 2), an inference cost
     Config: ClassVar[type[MethodConfig]] = MethodConfig
+    # Architecture support, by adapter family (diffusion.arch.FAMILIES: "sd", "sdxl", "sd3", "flux"): None means
+    # supported (and tested on a tiny pipeline of that family), a string is the one-line reason the method
+    # refuses that family; a family not listed is "not yet" ported. docs/architectures.md is generated from it.
+    architectures: ClassVar[dict[str, str | None]] = {"sd": None}
+    # Defaults that differ on a family because the official code for that architecture uses other values
+    # (family -> {option: value}, each cited where declared); applied to the options the user did not set.
+    family_defaults: ClassVar[dict[str, dict]] = {}
 
     progress_factory = None  # set by the runner: total -> advance(k, **info)
 
@@ -67,6 +75,27 @@ class Eraser:
         if self.progress_factory is None:
             return lambda k=1, **info: None
         return self.progress_factory(total)
+
+    def check_architecture(self, pipe) -> None:
+        """One UserError line when this method refuses, or has not been ported to, the pipeline's family."""
+        from ..diffusion.arch import adapter_for
+
+        a = adapter_for(pipe)
+        if a.family not in self.architectures:
+            runs = ", ".join(FAMILY_LABELS[f] for f, why in self.architectures.items() if why is None)
+            raise UserError(f"method {self.name} has not been ported to {a.label} yet (it runs on {runs}); "
+                            f"see docs/architectures.md")
+        why = self.architectures[a.family]
+        if why is not None:
+            raise UserError(f"method {self.name} does not support {a.label}: {why}")
+
+    def resolve_config(self, pipe, cfg):
+        """cfg with this family's defaults (family_defaults) for every option the user did not set."""
+        from ..diffusion.arch import adapter_for
+
+        over = self.family_defaults.get(adapter_for(pipe).family, {})
+        update = {k: v for k, v in over.items() if k not in cfg.model_fields_set}
+        return cfg.model_copy(update=update) if update else cfg
 
     def check(self, pipe, req: EraseRequest, cfg) -> None:
         """Raise UserError when this method cannot edit this model or request."""

@@ -170,6 +170,7 @@ class ConceptPrune(Eraser):
               "ICLR 2025; ruchikachavhan/concept-prune")
     multi_concept = True
     Config = ConceptPruneConfig
+    architectures = {"sd": None, "sdxl": None}  # SD3 / FLUX.1: not yet ported (docs/architectures.md)
 
     def check(self, pipe, req: EraseRequest, cfg: ConceptPruneConfig):
         a = adapter_for(pipe)

@@ -182,6 +182,7 @@ class DoCo(Eraser):
               "Preserving Gradient, AAAI 2025; yongliang-wu/DoCo")
     multi_concept = True
     Config = DoCoConfig
+    architectures = {"sd": None, "sdxl": None}  # SD3 / FLUX.1: not yet ported (docs/architectures.md)
 
     def check(self, pipe, req: EraseRequest, cfg: DoCoConfig):
         check_finetune(pipe, req, cfg.parameter_group)

@@ -117,6 +117,7 @@ class EraseDiff(Eraser):
               "Undesirable Influence in Diffusion Models); JingWu321/EraseDiff")
     multi_concept = True
     Config = EraseDiffConfig
+    architectures = {"sd": None, "sdxl": None}  # SD3 / FLUX.1: not yet ported (docs/architectures.md)
 
     def check(self, pipe, req: EraseRequest, cfg: EraseDiffConfig):
         check_unlearning_request(pipe, req)

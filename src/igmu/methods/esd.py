@@ -18,6 +18,20 @@ in the paper and its CompVis code; esd_sd.py writes the target as
 eps_c - 2 (eps_c - eps_0), which is the same target as eps_0 - 1 (eps_c - eps_0).
 (The CompVis code used 1000 iterations and lr 1e-5, and drew x_t with the
 model being trained.) The sampler is the pipeline's own scheduler, as in esd_sd.py.
+
+Other architectures (docs/architectures.md), the same update through the architecture adapter:
+- SDXL, after the official esd_sdxl.py: its defaults lr 2e-4 and guidance_scale 2 for sampling x_t (the
+  rest as esd_sd.py: 200 iterations, 50 steps, eta 1); the pooled embedding and time ids reach the UNet as
+  added_cond_kwargs. Differences: esd_sdxl.py trains at 1024 px; igmu at the model's default size.
+- FLUX.1, after esd_flux.py (rohitgandikota/erasing announced it, "FLUX ESD coming soon"; the snapshot of
+  the upstream repository available here predates it, so igmu follows the script as kept in forks, e.g.
+  milosz7/erasing, and in EraseAnything's derivative): lr 1e-4, 1400 iterations, x_t drawn in 28 steps at
+  the distilled guidance 3.5, the three predictions of the target taken at guidance 1, eta 1; ESD-x
+  trains every Linear of the joint and single-stream attention ('attn' in the name), ESD-x-strict their
+  to_k/to_v. The predictions are flow velocities, and eq. 4 is applied to them as the script does.
+  Differences: esd_flux.py trains at 512 px; igmu at the VAE's native size.
+- SD3: no official script; igmu applies esd_sd.py's update and defaults to SD3's classifier-free-guided
+  flow velocities, with FLUX's parameter selection (joint attention).
 """
 from __future__ import annotations
 
@@ -46,20 +60,46 @@ class ESDConfig(MethodConfig):
     seed: int = 0
 
 
+def esd_loss(a, base, trained, cond: torch.Tensor, null: torch.Tensor, cfg, rng: np.random.Generator):
+    """ESD's compute_loss(step): x_t of the concept drawn by the frozen model `base`, the frozen model's
+    conditional and unconditional outputs there, and the MSE of `trained`'s conditional output to eq. 4's
+    target. cfg: sample_steps, guidance_scale, negative_guidance. Shared by esd and esd-lora."""
+
+    def compute_loss(_step):
+        # x_t: the concept sampled by the frozen model for a random number of the sampler's steps
+        stop = int(rng.integers(0, cfg.sample_steps))
+        g = torch.Generator().manual_seed(int(rng.integers(0, 2 ** 31)))
+        xt, t = sample_until(a, base, cond, null, cfg.sample_steps, stop, cfg.guidance_scale, g)
+        with torch.no_grad():
+            e_c = a.denoise(base, xt, t, cond)  # eps_theta*(x_t, c, t)
+            e_0 = a.denoise(base, xt, t, null)  # eps_theta*(x_t, t)
+            target = e_0 - cfg.negative_guidance * (e_c - e_0)  # eq. 4
+        return F.mse_loss(a.denoise(trained, xt, t, cond), target)
+    return compute_loss
+
+
 @register
 class ESD(Eraser):
     name = "esd"
-    summary = "fine-tune the UNet to follow negative guidance away from the concept (ESD-x / ESD-u)"
-    changes = "UNet cross-attention layers (xattn, default) or all other layers (noxattn)"
+    summary = "fine-tune the denoiser to follow negative guidance away from the concept (ESD-x / ESD-u)"
+    changes = ("UNet cross-attention layers (xattn, default) or all other layers (noxattn); on SD3/FLUX the "
+               "joint-attention layers")
     source = "Gandikota et al., Erasing Concepts from Diffusion Models, ICCV 2023; rohitgandikota/erasing"
     Config = ESDConfig
+    architectures = {"sd": None, "sdxl": None, "sd3": None, "flux": None}
+    family_defaults = {
+        "sdxl": {"lr": 2e-4, "guidance_scale": 2.0},  # official esd_sdxl.py argparse defaults
+        # esd_flux.py (see the module docstring): --lr 1e-4, --iterations 1400, --num_inference_steps 28,
+        # --inference_guidance_scale 3.5 for sampling x_t
+        "flux": {"lr": 1e-4, "iterations": 1400, "sample_steps": 28, "guidance_scale": 3.5},
+    }
 
     def check(self, pipe, req: EraseRequest, cfg):
         check_targets(pipe, req)
 
     def erase(self, pipe, req: EraseRequest, cfg: ESDConfig) -> dict:
         a = adapter_for(pipe)
-        base = a.unet.eval().requires_grad_(False)  # theta*, frozen
+        base = a.denoiser.eval().requires_grad_(False)  # theta*, frozen
         esd = copy.deepcopy(base)  # theta, trained
         params = module_parameters(esd, cfg.train_method)
         esd.requires_grad_(False)
@@ -69,19 +109,8 @@ class ESD(Eraser):
         cond, null = embs[:1], embs[1:]
         rng = np.random.default_rng(cfg.seed)
 
-        def compute_loss(_step):
-            # x_t: the concept sampled by the frozen model for a random number of the sampler's steps
-            stop = int(rng.integers(0, cfg.sample_steps))
-            g = torch.Generator().manual_seed(int(rng.integers(0, 2 ** 31)))
-            xt, t = sample_until(a, base, cond, null, cfg.sample_steps, stop, cfg.guidance_scale, g)
-            with torch.no_grad():
-                e_c = a.denoise(base, xt, t, cond)  # eps_theta*(x_t, c, t)
-                e_0 = a.denoise(base, xt, t, null)  # eps_theta*(x_t, t)
-                target = e_0 - cfg.negative_guidance * (e_c - e_0)  # eq. 4
-            return F.mse_loss(a.denoise(esd, xt, t, cond), target)
-
         loop = FineTune(params, Adam(lr=cfg.lr))
-        loop.run(cfg.iterations, compute_loss, self.progress(cfg.iterations))
+        loop.run(cfg.iterations, esd_loss(a, base, esd, cond, null, cfg, rng), self.progress(cfg.iterations))
         esd.requires_grad_(False)
-        pipe.unet = esd
-        return loop.tensors("unet")
+        a.set_denoiser(esd)
+        return loop.tensors(a.component)

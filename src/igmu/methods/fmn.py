@@ -134,6 +134,9 @@ class FMN(Eraser):
               "SHI-Labs/Forget-Me-Not")
     multi_concept = True
     Config = FMNConfig
+    architectures = {"sd": None, "sdxl": None,
+                     "sd3": "FMN's loss is the target tokens' cross-attention maps; SD3's MMDiT has no cross-attention",
+                     "flux": "FMN's loss is the target tokens' cross-attention maps; FLUX.1's MMDiT has no cross-attention"}
 
     def check(self, pipe, req: EraseRequest, cfg: FMNConfig):
         a = adapter_for(pipe)

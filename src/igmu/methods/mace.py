@@ -197,6 +197,15 @@ class MACE(Eraser):
     source = "Lu et al., MACE: Mass Concept Erasure in Diffusion Models, CVPR 2024; Shilin-LU/MACE"
     multi_concept = True
     Config = MACEConfig
+    architectures = {
+        "sd": None, "sdxl": None,
+        "sd3": ("MACE erases the target's own tokens only in its LoRA stage, which suppresses their cross-attention "
+                "maps; MMDiT has no cross-attention, and its closed-form stages alone leave the target's tokens as "
+                "they are (stage 1 refines the co-existing words around them, stage 3 fuses the LoRAs)"),
+        "flux": ("MACE erases the target's own tokens only in its LoRA stage, which suppresses their cross-attention "
+                 "maps; MMDiT has no cross-attention, and its closed-form stages alone leave the target's tokens as "
+                 "they are (stage 1 refines the co-existing words around them, stage 3 fuses the LoRAs)"),
+    }
 
     def check(self, pipe, req: EraseRequest, cfg: MACEConfig):
         a = adapter_for(pipe)

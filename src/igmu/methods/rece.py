@@ -60,6 +60,13 @@ Differences from the official code, stated exactly:
   * Nothing else: no step is scaled for the mini model (closed forms cost
     milliseconds).
 
+Other architectures (no official RECE code exists for them; docs/architectures.md): both stages act on the
+layers UCE edits there (adapter.text_projections). SDXL: attn2 to_k / to_v on the 2048-wide concatenated
+embedding, exactly as above. SD3 / FLUX: the first stage is igmu's UCE on that family (its official FLUX
+defaults: last word token, context_embedder and the pooled projection); then, per kind of input, the
+closed-form attack and edit above: e* over all token rows of the prompt for context_embedder (one layer:
+e* = (W'^T W' + lambda I)^-1 W'^T W c), and e* of the pooled embedding for the pooled projection.
+
 Mini model (24 forget and 24 retain images per target, igmu.world.erasure_checks;
 forget = share of forget images still showing the target, retain = share of
 retain images drawn as asked; the original model: forget 1.00, retain ~1.00; UCE
@@ -96,13 +103,12 @@ class RECEConfig(MethodConfig):
     with_to_k: bool = True  # official close_form_emb(..., with_to_k=True) and edit_model_adversarial default
 
 
-def edited_projections(pipe, with_to_k: bool = True) -> list[tuple[str, torch.nn.Linear]]:
-    """(parameter-name prefix, Linear) of every cross-attention value (and key) projection, values first."""
-    kv = adapter_for(pipe).kv_projections()
-    out = [(p.value, p.v) for p in kv]
-    if with_to_k:
-        out += [(p.key, p.k) for p in kv]
-    return out
+def edited_projections(pipe, with_to_k: bool = True) -> list:
+    """The text projections UCE edits (adapter.text_projections): cross-attention values, then keys (unless
+    with_to_k is off), then any other (SD3/FLUX: context_embedder, the pooled-text projection)."""
+    ps = adapter_for(pipe).text_projections()
+    return ([p for p in ps if p.role == "value"] + ([p for p in ps if p.role == "key"] if with_to_k else [])
+            + [p for p in ps if p.role is None])
 
 
 def adversarial_embedding(edited: list[torch.Tensor], original: list[torch.Tensor], c: torch.Tensor,
@@ -124,11 +130,12 @@ class RECE(Eraser):
     name = "rece"
     summary = ("UCE's closed-form K/V edit, then epochs of: derive in closed form the embedding the edited model "
                "still maps to the concept, and erase it with the same closed form")
-    changes = "UNet cross-attention to_k and to_v weights"
+    changes = "UNet cross-attention to_k and to_v weights; on SD3/FLUX UCE's layers (context_embedder, pooled projection)"
     source = ("Gong et al., Reliable and Efficient Concept Erasure of Text-to-Image Diffusion Models, ECCV 2024; "
               "CharlesGong12/RECE")
     multi_concept = True
     Config = RECEConfig
+    architectures = {"sd": None, "sdxl": None, "sd3": None, "flux": None}
 
     def check(self, pipe, req: EraseRequest, cfg: RECEConfig):
         UCE().check(pipe, req, cfg)
@@ -140,24 +147,34 @@ class RECE(Eraser):
         a = adapter_for(pipe)
         advance = self.progress(cfg.epochs + 1)
         layers = edited_projections(a, cfg.with_to_k)
-        original = [lin.weight.detach().float().cpu().clone() for _, lin in layers]
-        UCE().erase(pipe, req, UCEConfig(lamb=cfg.uce_lamb, erase_scale=cfg.uce_erase_scale,
-                                         preserve_scale=cfg.uce_preserve_scale, with_to_k=cfg.with_to_k))
+        original = [p.linear.weight.detach().float().cpu().clone() for p in layers]
+        uce = UCE()
+        uce.erase(pipe, req, uce.resolve_config(pipe, UCEConfig(
+            lamb=cfg.uce_lamb, erase_scale=cfg.uce_erase_scale, preserve_scale=cfg.uce_preserve_scale,
+            with_to_k=cfg.with_to_k)))
         advance(1, stage="uce")
         targets = list(req.targets)
         anchor = req.anchor if req.anchor and req.anchor.strip() else " "  # official new_texts default ' '
-        hs, _ = a.encode(targets + [anchor])
-        hs = a.text_rows(hs).float().cpu()
-        concepts, anchor_rows = hs[:-1], hs[-1]
-        keep = a.text_rows(a.encode([""] + list(req.preserve))[0]).float().cpu().reshape(-1, hs.shape[-1])
+        cond, _ = a.encode(targets + [anchor])
+        k_cond = a.encode([""] + list(req.preserve))[0]
+        # what each kind of layer reads: token rows, and (SD3, FLUX) the pooled embedding, 1 row per prompt
+        streams = {"tokens": (a.text_rows(cond).float().cpu(), a.text_rows(k_cond).float().cpu())}
+        if any(p.reads == "pooled" for p in layers):
+            streams["pooled"] = (a.pooled(cond).float().cpu().unsqueeze(1), a.pooled(k_cond).float().cpu())
         for epoch in range(cfg.epochs):
-            current = [lin.weight.detach().float().cpu().clone() for _, lin in layers]
-            adv = torch.cat([adversarial_embedding(current, original, c, cfg.regular_scale) for c in concepts])
-            residual = sum(float(((We.double() @ adv.T) - (Wo.double() @ concepts.reshape(-1, hs.shape[-1]).double().T))
-                                 .pow(2).sum()) for We, Wo in zip(current, original))
-            for (_, lin), W in zip(layers, current):
-                V = (anchor_rows @ W.T).repeat(len(targets), 1)  # W' a_i at the same positions, per target
-                W_new = closed_form_edit(W, adv.float(), V, keep, cfg.lamb, cfg.erase_scale, cfg.preserve_scale)
-                lin.weight.copy_(W_new.to(lin.weight.dtype))
+            current = [p.linear.weight.detach().float().cpu().clone() for p in layers]
+            residual = 0.0
+            for reads, (hs, keep) in streams.items():
+                idx = [i for i, p in enumerate(layers) if p.reads == reads]
+                concepts, anchor_rows = hs[:-1], hs[-1]
+                keep = keep.reshape(-1, hs.shape[-1])
+                cur, orig = [current[i] for i in idx], [original[i] for i in idx]
+                adv = torch.cat([adversarial_embedding(cur, orig, c, cfg.regular_scale) for c in concepts])
+                residual += sum(float(((We.double() @ adv.T) - (Wo.double() @ concepts.reshape(-1, hs.shape[-1])
+                                                                .double().T)).pow(2).sum()) for We, Wo in zip(cur, orig))
+                for i, W in zip(idx, cur):
+                    V = (anchor_rows @ W.T).repeat(len(targets), 1)  # W' a_i at the same positions, per target
+                    W_new = closed_form_edit(W, adv.float(), V, keep, cfg.lamb, cfg.erase_scale, cfg.preserve_scale)
+                    layers[i].linear.weight.copy_(W_new.to(layers[i].linear.weight.dtype))
             advance(1, stage=f"epoch {epoch + 1}", attack_residual=residual)
-        return {f"unet.{k}.weight": lin.weight.detach().cpu().clone() for k, lin in layers}
+        return {f"{a.component}.{p.name}.weight": p.linear.weight.detach().cpu().clone() for p in layers}

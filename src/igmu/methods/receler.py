@@ -244,6 +244,9 @@ class ReceLer(Eraser):
               "Erasers, ECCV 2024; jasper0314-huang/Receler")
     multi_concept = True
     Config = ReceLerConfig
+    architectures = {"sd": None, "sdxl": None,
+                     "sd3": "Receler's erasers follow every cross-attention layer; SD3's MMDiT has none",
+                     "flux": "Receler's erasers follow every cross-attention layer; FLUX.1's MMDiT has none"}
 
     def check(self, pipe, req: EraseRequest, cfg: ReceLerConfig):
         a = adapter_for(pipe)

@@ -78,6 +78,7 @@ Differences from the official code, all documented choices:
 """
 from __future__ import annotations
 
+import inspect
 from typing import Literal
 
 import numpy as np
@@ -86,6 +87,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from ..diffusion.arch import adapter_for
 from ..diffusion.sampling import pipeline_images
+from ..diffusion.schedules import FLOW
 from ..errors import UserError
 from .base import EraseRequest, Eraser, MethodConfig, register
 
@@ -142,6 +144,9 @@ class SLD(Eraser):
     sampling_type = "sld"
     unet_passes_per_step = 3
     Config = SLDConfig
+    architectures = {"sd": None, "sdxl": None, "sd3": None,
+                     "flux": "SLD changes classifier-free guidance (its unconditional branch and a safety branch "
+                             "beside it), and FLUX.1 is guidance-distilled: it samples with one conditional pass"}
 
     def check(self, pipe, req: EraseRequest, cfg):
         a = adapter_for(pipe)
@@ -192,24 +197,29 @@ def sld_combine(o_u, o_p, o_s, nu, step: int, guidance: float, p: SLDParams, k=1
     """Eq. 3 on model outputs of any prediction type: (guided output, nu_{t+1}).
 
     k converts differences of outputs to epsilon units (delta_eps = k delta_out, see eps_factor);
-    with k = 1 (epsilon models) nothing is converted. s_g <= 1 counts as 1 (no CFG).
+    with k = 1 (epsilon models) nothing is converted. s_g <= 1 counts as 1 (no CFG). k = 0 (a flow model at
+    sigma = 1, pure noise, where every eps-estimate is z_t itself and carries no prompt) applies no safety term.
     """
     g = guidance if guidance > 1 else 1.0
     # k * out: the eps-estimates up to a shared offset, which cancels in every difference of eqs. 4-8
     gamma, nu = safety_guidance(k * o_u, k * o_p, k * o_s, nu, step, p)
-    gamma = gamma / k
+    gamma = gamma / k if k != 0 else torch.zeros_like(gamma)
     return o_u + g * ((o_p - o_u) - gamma), nu
 
 
-def eps_factor(scheduler, t) -> float | torch.Tensor:
-    """k_t with eps(z_t, c) - eps(z_t, c') = k_t (out(z_t, c) - out(z_t, c')) for the scheduler's prediction type.
+def eps_factor(scheduler, t, kind: str | None = None) -> float | torch.Tensor:
+    """k_t with eps(z_t, c) - eps(z_t, c') = k_t (out(z_t, c) - out(z_t, c')) for the prediction type (`kind`,
+    default the scheduler's).
 
     v = alpha_t eps - sigma_t x0 and z_t = alpha_t x0 + sigma_t eps give, at fixed z_t, delta_eps = alpha_t delta_v;
-    x0-prediction gives delta_eps = -(alpha_t / sigma_t) delta_x0.
+    x0-prediction gives delta_eps = -(alpha_t / sigma_t) delta_x0; flow matching (z_t = (1 - s) x0 + s eps,
+    v = eps - x0, s = t / T) gives delta_eps = (1 - s) delta_v.
     """
-    kind = getattr(scheduler.config, "prediction_type", "epsilon")
+    kind = kind or getattr(scheduler.config, "prediction_type", "epsilon")
     if kind == "epsilon":
         return 1.0
+    if kind == FLOW:
+        return 1.0 - float(torch.as_tensor(t).float()) / scheduler.config.num_train_timesteps
     ac = getattr(scheduler, "alphas_cumprod", None)
     if ac is None or kind not in ("v_prediction", "sample"):
         raise UserError(f"SLD cannot convert this scheduler's {kind!r} predictions to noise estimates")
@@ -227,29 +237,29 @@ def sld_sample(pipe, prompts: list[str], negative_prompts: list[str] | None, lat
                guidance: float, height: int, width: int, spec: dict) -> np.ndarray:
     """Sample one image per prompt from the given initial latents with SLD; float N x H x W x 3 in [0, 1].
 
-    Mirrors StableDiffusionPipeline.__call__ (same prompt encoding, scheduler calls, latent scaling and
-    decoding), with a third UNet branch for the safety concept and eq. 3 in place of CFG. With s_S = 0 it
-    is the plain pipeline call.
+    Mirrors the pipeline's own call (its prompt encoding, scheduler calls, latent scaling and decoding,
+    through the architecture adapter), with a third denoiser branch for the safety concept and eq. 3 in place
+    of CFG. With s_S = 0 it is the plain pipeline call.
     """
     p = SLDParams(**spec)
     if p.sld_guidance_scale == 0:
         return pipeline_images(pipe, prompts, negative_prompts, latents, steps, guidance, height, width)
+    a = adapter_for(pipe)
     dev = pipe._execution_device
     n = len(prompts)
-    cond, uncond = pipe.encode_prompt(prompts, dev, 1, True, negative_prompts)
-    safety = pipe.encode_prompt([p.safety_concept], dev, 1, False)[0].expand(n, -1, -1)
+    cond, uncond = a.prompt_conditioning(prompts, negative_prompts)
+    safety = a.encode([p.safety_concept])[0].to(cond).expand(n, -1, -1)
     embeds = torch.cat([uncond, cond, safety])
 
-    sched = pipe.scheduler
-    sched.set_timesteps(steps, device=dev)
-    z = latents.to(dev) * sched.init_noise_sigma
-    extra = pipe.prepare_extra_step_kwargs(None, 0.0)
+    sched = a.sampling_scheduler()
+    a.set_timesteps(sched, steps, tuple(latents.shape[-2:]), device=dev)
+    z = latents.to(dev) * a.init_noise_sigma(sched)
+    extra = {"eta": 0.0} if "eta" in inspect.signature(sched.step).parameters else {}  # as prepare_extra_step_kwargs
     nu = torch.zeros_like(z)
     for i, t in enumerate(sched.timesteps):
-        inp = sched.scale_model_input(torch.cat([z] * 3), t)
-        out = adapter_for(pipe).denoise(None, inp, t, embeds)
+        inp = a.scale_model_input(sched, torch.cat([z] * 3), t)
+        out = a.denoise(None, inp, t, embeds)
         o_u, o_p, o_s = out.chunk(3)
-        guided, nu = sld_combine(o_u, o_p, o_s, nu, i, guidance, p, eps_factor(sched, t))
+        guided, nu = sld_combine(o_u, o_p, o_s, nu, i, guidance, p, eps_factor(sched, t, a.prediction_type))
         z = sched.step(guided, t, z, **extra, return_dict=False)[0]
-    image = pipe.vae.decode(z / pipe.vae.config.scaling_factor, return_dict=False)[0]
-    return pipe.image_processor.postprocess(image, output_type="np", do_denormalize=[True] * n)
+    return a.decode(z)

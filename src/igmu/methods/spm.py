@@ -148,6 +148,7 @@ class SPM(Eraser):
               "Applications, CVPR 2024; Con6924/SPM")
     multi_concept = True
     Config = SPMConfig
+    architectures = {"sd": None, "sdxl": None}  # SD3 / FLUX.1: not yet ported (docs/architectures.md)
 
     def check(self, pipe, req: EraseRequest, cfg: SPMConfig):
         a = adapter_for(pipe)

@@ -35,12 +35,17 @@ def module_parameters(model, which: str) -> list[tuple[str, torch.nn.Parameter]]
 
     'xattn': inside cross-attention (attn2); 'noxattn': everything else; 'full': all;
     'xattn-strict': only attn2 to_k/to_v (names as in the official ESD code).
+    On a transformer denoiser (MMDiT: SD3, FLUX), which has no cross-attention, the text meets the image in
+    the joint attention of every block: 'xattn' selects every Linear inside an attention module ('attn' in
+    the name, rohitgandikota/erasing esd_flux.py's esd-x), 'xattn-strict' their to_k/to_v (its esd-x-strict),
+    'noxattn' everything else.
     """
     out = []
+    joint = not any(getattr(m, "is_cross_attention", False) for m in model.modules())  # no cross-attention: MMDiT
     for name, module in model.named_modules():
         if not isinstance(module, (torch.nn.Linear, torch.nn.Conv2d)):
             continue
-        inside = ".attn2." in f".{name}."
+        inside = (".attn." if joint else ".attn2.") in f".{name}."
         pick = {"xattn": inside, "noxattn": not inside, "full": True,
                 "xattn-strict": inside and name.rsplit(".", 1)[-1] in ("to_k", "to_v")}[which]
         if pick:

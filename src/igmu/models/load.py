@@ -56,6 +56,17 @@ def model_hash(where: str) -> str:
     return h.hexdigest()
 
 
+def _has_safety_checker(where: str) -> bool:
+    """Whether the pipeline takes a safety checker (a local folder says so in model_index.json; a hub id: assume so)."""
+    idx = Path(where) / "model_index.json"
+    if not idx.is_file():
+        return True
+    try:
+        return "safety_checker" in json.loads(idx.read_text())
+    except (OSError, json.JSONDecodeError):
+        return True
+
+
 def load_pipeline(spec: str, device: str = "cpu", dtype=None):
     """A diffusers DiffusionPipeline for text-to-image, with the progress bar off and no safety checker."""
     from diffusers import DiffusionPipeline
@@ -69,17 +80,20 @@ def load_pipeline(spec: str, device: str = "cpu", dtype=None):
     kwargs = {}
     if dtype is not None:
         kwargs["torch_dtype"] = dtype
+    if _has_safety_checker(where):  # SD 1.x/2.x: no safety checker (SDXL, SD3, FLUX have none to switch off)
+        kwargs.update(safety_checker=None, requires_safety_checker=False)
     try:
-        pipe = DiffusionPipeline.from_pretrained(where, safety_checker=None, requires_safety_checker=False,
-                                                 local_files_only=os.path.isdir(where), **kwargs)
+        pipe = DiffusionPipeline.from_pretrained(where, local_files_only=os.path.isdir(where), **kwargs)
     except Exception as e:  # a user-facing load: report the cause in one line
         first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
         if os.path.isdir(where):
             raise UserError(f"could not load pipeline from {where}: {first}") from None
         raise UserError(f"could not load {spec!r}: not a local folder, and the hub gave: {first}") from None
-    for name in ("unet", "text_encoder", "tokenizer", "vae"):
+    if getattr(pipe, "unet", None) is None and getattr(pipe, "transformer", None) is None:
+        raise UserError(f"{spec!r} is not a text-to-image diffusion pipeline (it has no unet or transformer)")
+    for name in ("text_encoder", "tokenizer", "vae"):
         if getattr(pipe, name, None) is None:
-            raise UserError(f"{spec!r} is not a Stable-Diffusion-style text-to-image pipeline (it has no {name})")
+            raise UserError(f"{spec!r} is not a text-to-image diffusion pipeline igmu can drive (it has no {name})")
     pipe.set_progress_bar_config(disable=True)
     if device != "cpu":
         pipe.to(device)

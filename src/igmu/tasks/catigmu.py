@@ -235,6 +235,9 @@ METHODS: dict[str, dict] = {
                         "instance": "ESD-x on the instance's caption"},
             "why": "negative-guidance fine-tuning; the standard reference (ESD-u for unsafe, ESD-x for styles)",
             "mini": "88-100% still shown at the published defaults (too few steps for the mini model)"},
+    "esd-lora": {"family": "fine-tune", "fits": set(KINDS), "multi": False, "prefer": set(),
+                 "why": "ESD's loss trained into rank-8 LoRA adapters (EraseAnything's recipe) and merged: ESD where "
+                        "a second copy of a large denoiser (SD3, FLUX) does not fit"},
     "ca": {"family": "fine-tune", "fits": {"object", "style", "identity"}, "multi": True, "prefer": {"object"},
            "why": "concept ablation: the target prompt predicts what the anchor prompt predicts; needs an anchor"},
     "sa": {"family": "fine-tune", "fits": {"identity", "unsafe", "object", "instance"}, "multi": True,
