@@ -28,7 +28,8 @@ def test_adapter_reads_the_pipeline(tiny_sd1, tiny_sd2):
 
 
 @pytest.mark.parametrize("pipe, why", [
-    (SimpleNamespace(unet=None, transformer=object()), "transformer denoiser"),
+    (SimpleNamespace(unet=None, transformer=torch.nn.Linear(2, 2)), "its denoiser is a Linear"),
+    (SimpleNamespace(unet=None, transformer=None), "no UNet or transformer"),
     (SimpleNamespace(unet=torch.nn.Linear(2, 2), text_encoder=None, tokenizer=None), "not a UNet2DConditionModel"),
 ])
 def test_unsupported_pipelines_get_one_line(pipe, why):
@@ -37,10 +38,10 @@ def test_unsupported_pipelines_get_one_line(pipe, why):
     assert "\n" not in str(e.value) and "SD 1" not in str(e.value)
 
 
-def test_sdxl_style_unet_is_refused(tiny_sd1):
+def test_half_sdxl_pipeline_is_refused(tiny_sd1):
     pipe = load_model(str(tiny_sd1))
-    pipe.text_encoder_2 = pipe.text_encoder  # what an SDXL pipeline carries
-    with pytest.raises(UserError, match="more than one text encoder"):
+    pipe.text_encoder_2 = pipe.text_encoder  # a second encoder, but an SD 1.x UNet (no text_time conditioning)
+    with pytest.raises(UserError, match="second text encoder but its UNet takes no SDXL text_time"):
         adapter_for(pipe)
 
 

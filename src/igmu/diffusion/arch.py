@@ -675,10 +675,6 @@ class FluxAdapter(_MMDiTAdapter):
         return super().pipeline_images(prompts, negative_prompts, latents, steps, guidance, height, width,
                                         max_sequence_length=self.t5_length, true_cfg_scale=true_cfg_scale, **extra)
 
-    @torch.no_grad()
-    def decode(self, z: torch.Tensor):
-        return super().decode(z)
-
 
 def _adapter_class(pipe) -> tuple[type[Adapter] | None, str | None]:
     """The adapter class for `pipe`, or (None, why none fits)."""
@@ -710,8 +706,11 @@ def _adapter_class(pipe) -> tuple[type[Adapter] | None, str | None]:
     xl = getattr(pipe, "text_encoder_2", None) is not None or unet.config.addition_embed_type is not None
     if not xl:
         return Adapter, None
-    if unet.config.addition_embed_type != "text_time" or getattr(pipe, "tokenizer_2", None) is None:
-        return None, f"{name} conditions its UNet on added embeddings igmu does not know ({unet.config.addition_embed_type})"
+    if unet.config.addition_embed_type != "text_time":
+        return None, (f"{name} has a second text encoder but its UNet takes no SDXL text_time conditioning "
+                      f"(addition_embed_type {unet.config.addition_embed_type!r})")
+    if getattr(pipe, "text_encoder_2", None) is None or getattr(pipe, "tokenizer_2", None) is None:
+        return None, f"{name} has an SDXL UNet but no second text encoder or tokenizer"
     if getattr(pipe.config, "requires_aesthetics_score", False):
         return None, f"{name} is an SDXL refiner (aesthetic-score conditioning), not a text-to-image base model"
     return SDXLAdapter, None

@@ -28,7 +28,9 @@ Other architectures (docs/architectures.md), the same update through the archite
   milosz7/erasing, and in EraseAnything's derivative): lr 1e-4, 1400 iterations, x_t drawn in 28 steps at
   the distilled guidance 3.5, the three predictions of the target taken at guidance 1, eta 1; ESD-x
   trains every Linear of the joint and single-stream attention ('attn' in the name), ESD-x-strict their
-  to_k/to_v. The predictions are flow velocities, and eq. 4 is applied to them as the script does.
+  to_k/to_v. The predictions are flow velocities, and eq. 4 is applied to them as the script does: at a
+  fixed x_t a velocity is an affine function of the noise estimate, v = (eps - x_t) / (1 - sigma_t), and
+  eq. 4 an affine combination (weights 1 + eta and -eta), so the target is eq. 4's in either unit.
   Differences: esd_flux.py trains at 512 px; igmu at the VAE's native size.
 - SD3: no official script; igmu applies esd_sd.py's update and defaults to SD3's classifier-free-guided
   flow velocities, with FLUX's parameter selection (joint attention).
