@@ -162,7 +162,8 @@ class RECE(Eraser):
         if any(p.reads == "pooled" for p in layers):
             streams["pooled"] = (a.pooled(cond).float().cpu().unsqueeze(1), a.pooled(k_cond).float().cpu())
         for epoch in range(cfg.epochs):
-            current = [p.linear.weight.detach().float().cpu().clone() for p in layers]
+            # the current matrices (no copy: each layer's is read before it is overwritten below)
+            current = [p.linear.weight.detach().float().cpu() for p in layers]
             residual = 0.0
             for reads, (hs, keep) in streams.items():
                 idx = [i for i, p in enumerate(layers) if p.reads == reads]
