@@ -174,21 +174,33 @@ def table(rows: list[dict]) -> str:
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--one", nargs=2, metavar=("MODEL", "METHOD"))
-    ap.add_argument("--write-docs", action="store_true")
+    ap.add_argument("--cells", default=",".join(f"{m}:{x}" for m, x in CELLS),
+                    help="comma-separated model:method cells to run (default: all)")
+    ap.add_argument("--results", default=str(ROOT / "out" / "bench_scale_arch.json"),
+                    help="JSON file the measured rows are kept in (a cell run again replaces its row)")
+    ap.add_argument("--write-docs", action="store_true", help="render every kept row into docs/architectures.md")
     a = ap.parse_args()
     if a.one:
         print(json.dumps(one(*a.one)))
         return 0
-    rows = []
-    for model, method in CELLS:
+    store = Path(a.results)
+    kept = json.loads(store.read_text()) if store.is_file() else {}
+    for cell in [c.strip() for c in a.cells.split(",") if c.strip()]:
+        model, method = cell.split(":")
         res = subprocess.run([sys.executable, __file__, "--one", model, method], capture_output=True, text=True)
         if res.returncode != 0:
-            print(f"{model} {method}: failed\n{res.stderr[-2000:]}", file=sys.stderr)
-            return 1
-        rows.append(json.loads(res.stdout.strip().splitlines()[-1]))
-        r = rows[-1]
-        print(f"{model:5s} {method:5s} erase {r['erase_seconds']} s ({r['erase_cpu_seconds']} s CPU), peak RSS {r['peak_rss_mb']} MB "
-              f"(built: {r['rss_after_build_mb']} MB)", file=sys.stderr, flush=True)
+            print(f"{model} {method}: failed (exit {res.returncode})\n{res.stderr[-2000:]}", file=sys.stderr)
+            continue
+        r = json.loads(res.stdout.strip().splitlines()[-1])
+        r["measured"] = time.strftime("%Y-%m-%d")
+        kept[cell] = r
+        store.parent.mkdir(parents=True, exist_ok=True)
+        store.write_text(json.dumps(kept, indent=1))
+        print(f"{model:5s} {method:5s} erase {r['erase_seconds']} s ({r['erase_cpu_seconds']} s CPU), peak RSS "
+              f"{r['peak_rss_mb']} MB (built: {r['rss_after_build_mb']} MB)", file=sys.stderr, flush=True)
+    rows = [kept[f"{m}:{x}"] for m, x in CELLS if f"{m}:{x}" in kept]
+    if not rows:
+        return 1
     text = table(rows)
     print(text)
     if a.write_docs:
@@ -196,8 +208,9 @@ def main() -> int:
         d = doc.read_text()
         head, rest = d.split(BEGIN, 1)
         _, tail = rest.split(END, 1)
-        stamp = time.strftime("%Y-%m-%d")
-        doc.write_text(f"{head}{BEGIN}\nMeasured {stamp}, CPU, {rows[0]['threads']} threads, fp32:\n\n{text}\n{END}{tail}")
+        when = ", ".join(sorted({r["measured"] for r in rows}))
+        doc.write_text(f"{head}{BEGIN}\nMeasured {when}, CPU, {rows[0]['threads']} threads, fp32 "
+                       f"(`python scripts/bench_scale_arch.py --write-docs`):\n\n{text}\n{END}{tail}")
     return 0
 
 

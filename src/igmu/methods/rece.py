@@ -87,7 +87,7 @@ from pydantic import Field
 
 from ..diffusion.arch import adapter_for
 from .base import EraseRequest, Eraser, MethodConfig, register
-from .common import closed_form_edit
+from .common import ClosedFormEdit
 from .uce import UCE, UCEConfig
 
 
@@ -162,7 +162,8 @@ class RECE(Eraser):
         if any(p.reads == "pooled" for p in layers):
             streams["pooled"] = (a.pooled(cond).float().cpu().unsqueeze(1), a.pooled(k_cond).float().cpu())
         for epoch in range(cfg.epochs):
-            current = [p.linear.weight.detach().float().cpu().clone() for p in layers]
+            # the current matrices (no copy: each layer's is read before it is overwritten below)
+            current = [p.linear.weight.detach().float().cpu() for p in layers]
             residual = 0.0
             for reads, (hs, keep) in streams.items():
                 idx = [i for i, p in enumerate(layers) if p.reads == reads]
@@ -172,9 +173,10 @@ class RECE(Eraser):
                 adv = torch.cat([adversarial_embedding(cur, orig, c, cfg.regular_scale) for c in concepts])
                 residual += sum(float(((We.double() @ adv.T) - (Wo.double() @ concepts.reshape(-1, hs.shape[-1])
                                                                 .double().T)).pow(2).sum()) for We, Wo in zip(cur, orig))
+                solve = ClosedFormEdit(adv.float(), keep, cfg.lamb, cfg.erase_scale, cfg.preserve_scale)
                 for i, W in zip(idx, cur):
                     V = (anchor_rows @ W.T).repeat(len(targets), 1)  # W' a_i at the same positions, per target
-                    W_new = closed_form_edit(W, adv.float(), V, keep, cfg.lamb, cfg.erase_scale, cfg.preserve_scale)
+                    W_new = solve(W, V)
                     layers[i].linear.weight.copy_(W_new.to(layers[i].linear.weight.dtype))
             advance(1, stage=f"epoch {epoch + 1}", attack_residual=residual)
         return {f"{a.component}.{p.name}.weight": p.linear.weight.detach().cpu().clone() for p in layers}

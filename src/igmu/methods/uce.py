@@ -47,7 +47,7 @@ from pydantic import Field
 
 from ..diffusion.arch import adapter_for
 from .base import EraseRequest, Eraser, MethodConfig, register
-from .common import check_targets, closed_form_edit
+from .common import ClosedFormEdit, check_targets
 
 
 class UCEConfig(MethodConfig):
@@ -126,15 +126,17 @@ class UCE(Eraser):
                     else _last_rows(k_hs, k_mask, a.token_segments()))
             keep_pooled = a.pooled(k_cond)
         pooled = a.pooled(cond)  # SDXL's pooled embedding feeds no text projection; SD3's and FLUX's do
-        changed = {}
+        changed, solvers = {}, {}
         for p in a.text_projections():
             if p.role == "key" and not cfg.with_to_k:
                 continue
             X, Y, C = (K, A, keep) if p.reads == "tokens" else (pooled[:n], pooled[n:].expand(n, -1), keep_pooled)
+            if p.reads not in solvers:  # every layer reading the same rows shares one factorisation
+                solvers[p.reads] = ClosedFormEdit(X.float().cpu(), None if C is None else C.float().cpu(),
+                                                  cfg.lamb, cfg.erase_scale, cfg.preserve_scale)
             W = p.linear.weight.detach().float().cpu()
             V = Y.float().cpu() @ W.T  # v* = W a
-            W_new = closed_form_edit(W, X.float().cpu(), V, None if C is None else C.float().cpu(),
-                                     cfg.lamb, cfg.erase_scale, cfg.preserve_scale)
+            W_new = solvers[p.reads](W, V)
             p.linear.weight.copy_(W_new.to(p.linear.weight.dtype))
             changed[f"{a.component}.{p.name}.weight"] = p.linear.weight.detach().cpu().clone()
         return changed
