@@ -136,5 +136,5 @@ class UCE(Eraser):
             W_new = closed_form_edit(W, X.float().cpu(), V, None if C is None else C.float().cpu(),
                                      cfg.lamb, cfg.erase_scale, cfg.preserve_scale)
             p.linear.weight.copy_(W_new.to(p.linear.weight.dtype))
-            changed[f"{a.component}.{p.name}.weight"] = p.linear.weight.detach().cpu().clone()
+            changed[f"{a.component}.{p.name}.weight"] = W_new.clone()  # the float32 solution, whatever the model's dtype
         return changed
