@@ -346,6 +346,32 @@ def judge_train(images: Path = typer.Option(..., "--images", help="Image folder:
                f"use it as --judge clip-head:{path}")
 
 
+@app.command("build-model")
+@handles_errors
+def build_model(kind: str = typer.Argument(..., help="sd15 (SD 1.5's architecture, 512 px) or sd21 (SD 2.1's, 768 px, v-prediction)."),
+                out: Path = typer.Option(..., "--out", "-o", help="Pipeline folder to write."),
+                dtype: str = typer.Option("float16", "--dtype", help="float16 (as checkpoints are distributed), bfloat16 or float32."),
+                seed: int = typer.Option(0, "--seed"),
+                latent: Optional[int] = typer.Option(None, "--latent", help="Default latent side (the real one if omitted: 64 / 96).")):
+    """Build a Stable-Diffusion-sized pipeline with RANDOM weights from the configs in the repo (real UNet, text
+    encoder and VAE shapes, CLIP's real tokenizer): for measuring methods at scale without any download."""
+    from .models.scale import KINDS, save_scale_pipeline
+    from .utils.device import DTYPES
+    from .utils.io import check_writable_dir
+
+    if kind not in KINDS:
+        raise UserError(f"unknown model kind {kind!r}; kinds: {', '.join(KINDS)}")
+    if dtype not in DTYPES:
+        raise UserError(f"unknown --dtype {dtype!r}; use float16, bfloat16 or float32")
+    if latent is not None and not (4 <= latent <= 256 and latent % 8 == 0):
+        raise UserError(f"--latent must be a multiple of 8 between 8 and 256, got {latent}")
+    if out.exists() and (not out.is_dir() or any(out.iterdir())):
+        raise UserError(f"--out {out} exists and is not empty; choose a new folder")
+    check_writable_dir(out.parent)
+    res = save_scale_pipeline(kind, out, DTYPES[dtype], seed, latent)
+    typer.echo(f"wrote a random-weight {kind}-sized pipeline ({dtype}) to {res}")
+
+
 @app.command()
 @handles_errors
 def bench(config: Path = typer.Option(..., "--config", "-c", help="Bench YAML: methods, tasks, seeds, aspects."),
