@@ -13,9 +13,9 @@ ticks over its last iterations (the data the method draws first is not counted);
 no iterations and reports its whole erase time. The target is "Van Gogh" (two tokens), the anchor "a
 painting".
 
---latent sets the latent side (default 32 on CPU: 256 px, so that a run takes minutes rather than hours on
-2 cores; 64 is SD1.5's 512 px). Every weight shape is SD1.5's at any latent side; time and activation memory
-grow with the latent area, so CPU figures at 32 are NOT figures at 512 px. A method whose estimated memory
+--latent sets the latent side (default 16 on CPU: 128 px, so that a run takes minutes rather than hours on
+2 shared cores; 64 is SD1.5's 512 px). Every weight shape is SD1.5's at any latent side; time and activation
+memory grow with the latent area (roughly 16x from 16 to 64), so CPU figures at 16 are NOT figures at 512 px. A method whose estimated memory
 (ESTIMATE_GB) exceeds the memory available is not run, and the table says so.
 Prints one Markdown table (and writes --work/scale.json).
 """
@@ -34,24 +34,24 @@ ROOT = Path(__file__).resolve().parent.parent
 
 # a few iterations of each method's own loop; the images/latents it draws for itself reduced to a handful
 SCALE_BUDGET = {
-    "esd": ["iterations=4", "sample_steps=4"],
+    "esd": ["iterations=3", "sample_steps=3"],
     "uce": [],
-    "fmn": ["iterations=4", "n_images=2", "sample_steps=4"],
-    "conceptprune": ["samples=2", "sample_steps=4", "timesteps=2"],
-    "spm": ["iterations=4", "sample_steps=4", "anchor_samples=2"],
-    "mace": ["lora_steps=4", "n_images=2", "sample_steps=4", "n_prompts=4"],
+    "fmn": ["iterations=3", "n_images=1", "sample_steps=3"],
+    "conceptprune": ["samples=1", "sample_steps=3", "timesteps=2"],
+    "spm": ["iterations=3", "sample_steps=3", "anchor_samples=2"],
+    "mace": ["lora_steps=3", "n_images=1", "sample_steps=3", "n_prompts=4"],
     "negprompt": [],
     "sld": [],
     "rece": ["epochs=2"],
-    "advunlearn": ["iterations=4", "warmup_iter=1", "attack_step=2", "sample_steps=4", "pool_size=2",
+    "advunlearn": ["iterations=3", "warmup_iter=1", "attack_step=2", "sample_steps=3", "pool_size=1",
                    "retain_batch=2"],
-    "receler": ["iterations=4", "advrs_iters=2", "sample_steps=4"],
-    "ca": ["iterations=4", "n_images=4", "sample_steps=4", "batch_size=2"],
-    "doco": ["iterations=5", "warm_up=1", "n_images=4", "sample_steps=4", "batch_size=2"],
-    "sa": ["iterations=4", "n_images=4", "n_fisher=2", "fisher_timesteps=2", "sample_steps=4", "batch_size=2"],
-    "salun": ["epochs=2", "forget_images=4", "retain_images=2", "sample_steps=4", "batch_size=2"],
-    "erasediff": ["epochs=2", "forget_images=4", "retain_images=2", "sample_steps=4", "batch_size=2"],
-    "scissorhands": ["epochs=2", "prune_num=2", "forget_images=4", "retain_images=2", "sample_steps=4",
+    "receler": ["iterations=3", "advrs_iters=2", "sample_steps=3"],
+    "ca": ["iterations=3", "n_images=2", "sample_steps=3", "batch_size=2"],
+    "doco": ["iterations=4", "warm_up=1", "n_images=2", "sample_steps=3", "batch_size=2"],
+    "sa": ["iterations=3", "n_images=2", "n_fisher=1", "fisher_timesteps=2", "sample_steps=3", "batch_size=2"],
+    "salun": ["epochs=3", "forget_images=2", "retain_images=1", "sample_steps=3", "batch_size=2"],
+    "erasediff": ["epochs=2", "forget_images=2", "retain_images=1", "sample_steps=3", "batch_size=2"],
+    "scissorhands": ["epochs=3", "prune_num=1", "forget_images=2", "retain_images=1", "sample_steps=3",
                      "batch_size=2"],
 }
 CLOSED_FORM = {"uce", "rece", "conceptprune", "negprompt", "sld"}
@@ -62,17 +62,33 @@ TARGET, ANCHOR = "Van Gogh", "a painting"
 
 
 def build(work: Path, latent: int) -> Path:
+    """The SD1.5-sized pipeline saved in float16 (built once, shared with check_fp16_sd15.py), and a view of it
+    whose UNet config defaults to `latent` (hard links to the same weight files; only unet/config.json
+    differs, so every weight is the same)."""
     sys.path.insert(0, str(ROOT / "src"))
     import torch
 
     from igmu.models.scale import save_scale_pipeline
 
-    out = work / f"sd15-random-{latent * 8}px-fp16"
-    if not (out / "model_index.json").is_file():
+    native = work / "sd15-random-fp16"
+    if not (native / "model_index.json").is_file():
         t0 = time.perf_counter()
-        save_scale_pipeline("sd15", out, torch.float16, seed=0, sample_size=latent)
-        print(f"built {out} in {time.perf_counter() - t0:.0f} s", file=sys.stderr)
-    return out
+        save_scale_pipeline("sd15", native, torch.float16, seed=0)
+        print(f"built {native} in {time.perf_counter() - t0:.0f} s", file=sys.stderr)
+    cfg = json.loads((native / "unet" / "config.json").read_text())
+    if latent == cfg["sample_size"]:
+        return native
+    view = work / f"sd15-random-{latent * 8}px-fp16"
+    if not (view / "model_index.json").is_file():
+        for f in native.rglob("*"):
+            if f.is_file():
+                dst = view / f.relative_to(native)
+                dst.parent.mkdir(parents=True, exist_ok=True)
+                if f.relative_to(native) == Path("unet/config.json"):
+                    dst.write_text(json.dumps({**cfg, "sample_size": latent}, indent=2))
+                else:
+                    os.link(f, dst)
+    return view
 
 
 def driver(spec: str) -> int:
@@ -117,7 +133,7 @@ def main(argv=None) -> int:
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--dtypes", default="float32,bfloat16")
     ap.add_argument("--methods", default=",".join(SCALE_BUDGET))
-    ap.add_argument("--latent", type=int, default=None, help="latent side (default 32 on CPU, 64 on GPU)")
+    ap.add_argument("--latent", type=int, default=None, help="latent side (default 16 on CPU, 64 on GPU)")
     ap.add_argument("--threads", type=int, default=int(os.environ.get("OMP_NUM_THREADS", "2")))
     ap.add_argument("--checkpointing", action="store_true")
     ap.add_argument("--force", action="store_true", help="run even where the estimate says it cannot fit")
@@ -126,7 +142,7 @@ def main(argv=None) -> int:
     a = ap.parse_args(argv)
     if a.driver:
         return driver(a.driver)
-    latent = a.latent or (32 if a.device == "cpu" else 64)
+    latent = a.latent or (16 if a.device == "cpu" else 64)
     work = Path(a.work).resolve()
     work.mkdir(parents=True, exist_ok=True)
     model = build(work, latent)
