@@ -154,15 +154,15 @@ def test_the_default_batch_halves_until_it_fits(tiny_sd1, tmp_path, monkeypatch)
     assert np.array_equal(got, want)  # the same images as a batch-2 run
 
 
-def test_a_pipeline_class_no_method_can_edit_is_one_line(tmp_path):
+def test_a_pipeline_class_a_method_cannot_edit_is_one_line(tmp_path):
     from igmu.models.tiny import make_tiny_pipeline
 
-    make_tiny_pipeline("sdxl").save_pretrained(str(tmp_path / "sdxl"))
-    for method in ("uce", "esd"):
-        res = _cli(["erase", "--model", str(tmp_path / "sdxl"), "--method", method, "--target", "circle",
+    for kind, method in (("sdxl", "advunlearn"), ("sd3", "salun")):
+        make_tiny_pipeline(kind).save_pretrained(str(tmp_path / kind))
+        res = _cli(["erase", "--model", str(tmp_path / kind), "--method", method, "--target", "circle",
                     "--out", str(tmp_path / method)])
-        assert res.exit_code == 2 and len(res.output.strip().splitlines()) == 1
-        assert "this pipeline is not supported" in res.output and "SDXL" in res.output
+        assert res.exit_code == 2 and len(res.output.strip().splitlines()) == 1, res.output
+        assert res.output.startswith("error: ") and not (tmp_path / method).exists()
 
 
 def test_gpu_slots():
