@@ -12,6 +12,9 @@ $(STAMP): pyproject.toml
 	# torch first, from its pinned CPU build, so no dependency pulls a CUDA build
 	$(BIN)/python -m pip install -q torch==2.13.0
 	$(BIN)/python -m pip install -q -e '.[test]'
+	# CLIP's BPE vocabulary for the real tokenizer (models/clip_tokenizer.py): only the file is read; the package
+	# itself imports torchvision, which cannot be installed beside the CPU torch, so no dependencies are installed
+	$(BIN)/python -m pip install -q --no-deps open-clip-torch==3.3.0
 	touch $(STAMP)
 
 install: $(STAMP)

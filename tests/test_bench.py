@@ -107,3 +107,17 @@ def test_shipped_bench_configs_are_valid(name):
 
     cfg, _ = load_config(Path(__file__).parents[1] / "benchmarks" / name)
     assert cfg.methods and cfg.tasks
+
+
+@pytest.mark.slow
+def test_slot_workers_give_the_same_results(sweep, reference, tmp_path):
+    """The local backend's per-GPU worker processes (here two CPU slots: no GPU on the test machine) give the
+    results of the in-process run."""
+    from igmu.bench.runner import _Tracker, prepare, run_in_slots
+
+    out = tmp_path / "slots"
+    cfg, _, cells = prepare(sweep, out)
+    os.environ["OMP_NUM_THREADS"] = "1"
+    run_in_slots(cells, str(out), cfg.model_dump(mode="json"), [{"CUDA_VISIBLE_DEVICES": ""}] * 2,
+                 _Tracker(len(cells), 0, lambda m: None, slots=2))
+    assert _results(out) == _results(reference)

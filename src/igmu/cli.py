@@ -42,7 +42,23 @@ def handles_errors(fn):
             _fail(str(e))
         except KeyboardInterrupt:
             _fail("interrupted; nothing partial was left under the output name")
+        except (RuntimeError, MemoryError) as e:  # out of memory, a dtype an op lacks: one line, no traceback
+            from .utils.device import hardware_error
+
+            ue = hardware_error(e, f"igmu {fn.__name__.replace('_', ' ')}")
+            if ue is None:
+                raise
+            _fail(str(ue))
     return wrapper
+
+
+def _device_opt():
+    return typer.Option("auto", "--device", help="auto (CUDA, then MPS, then CPU), cpu, cuda, cuda:N or mps.")
+
+
+def _dtype_opt():
+    return typer.Option("auto", "--dtype", help="auto (float32 on CPU; bfloat16, else float16, on a GPU), float32, "
+                                                "float16 or bfloat16: the dtype the model is loaded and runs in.")
 
 
 def _progress(desc: str):
@@ -74,11 +90,15 @@ def generate(
     steps: int = typer.Option(None, "--steps", help="Sampling steps (default 20)."),
     guidance: float = typer.Option(None, "--guidance", help="Classifier-free guidance scale (default 5.0)."),
     negative_prompt: Optional[str] = typer.Option(None, "--negative-prompt"),
-    batch_size: int = typer.Option(None, "--batch-size", help="Images per forward batch (default 64)."),
+    batch_size: int = typer.Option(None, "--batch-size", help="Images per forward batch (default: chosen to fit, "
+                                                            "at most 64)."),
     out: Path = typer.Option(..., "--out", "-o", help="Output folder (PNGs + generations.jsonl)."),
+    device: str = _device_opt(),
+    dtype: str = _dtype_opt(),
 ):
     """Generate seeded images; writes PNGs and a JSONL of (prompt, seed, settings, file)."""
-    from .generate import DEFAULT_BATCH, DEFAULT_GUIDANCE, DEFAULT_STEPS, GenSettings, read_prompt_file, run_generate
+    from .generate import DEFAULT_GUIDANCE, DEFAULT_STEPS, GenSettings, read_prompt_file, run_generate
+    from .utils.device import Runtime
 
     if prompt and prompts:
         raise UserError("give --prompt or --prompts, not both")
@@ -87,7 +107,8 @@ def generate(
         raise UserError("no prompt given; use --prompt \"...\" or --prompts FILE")
     s = GenSettings(steps=steps or DEFAULT_STEPS, guidance=DEFAULT_GUIDANCE if guidance is None else guidance,
                     negative_prompt=negative_prompt)
-    res = run_generate(model, plist, n, seed, s, out, batch_size or DEFAULT_BATCH, _progress("generating"))
+    runtime = Runtime.resolve(device, dtype)
+    res = run_generate(model, plist, n, seed, s, out, batch_size, _progress("generating"), runtime)
     typer.echo(f"wrote {len(plist) * n} images and generations.jsonl to {res}")
 
 
@@ -121,13 +142,20 @@ def erase(
     config: Optional[str] = typer.Option(None, "--config", help="YAML of method options."),
     set_: Optional[List[str]] = typer.Option(None, "--set", help="Override one option: key=value (repeatable)."),
     out: Path = typer.Option(..., "--out", "-o", help="Artifact folder to write."),
+    device: str = _device_opt(),
+    dtype: str = _dtype_opt(),
+    gradient_checkpointing: bool = typer.Option(False, "--gradient-checkpointing",
+                                                help="Fine-tuning methods: recompute activations in backward "
+                                                     "(less memory, more time)."),
 ):
     """Erase concept(s) from a model; writes an artifact (changed weights + manifest)."""
     from .artifacts import load_artifact
     from .erase import run_erase
+    from .utils.device import Runtime
 
+    runtime = Runtime.resolve(device, dtype, gradient_checkpointing)
     res = run_erase(model, method, list(target or []), anchor, list(preserve or []), config, list(set_ or []), out,
-                    _progress(f"erasing ({method})"))
+                    _progress(f"erasing ({method})"), runtime)
     cost = load_artifact(res)[0]["cost"]
     typer.echo(f"wrote artifact {res} ({cost['params_changed']} parameters changed, {cost['erase_seconds']:.2f} s)")
 
@@ -176,6 +204,8 @@ def evaluate(
     steps: Optional[int] = typer.Option(None, "--steps", help="Sampling steps (default 20)."),
     guidance: Optional[float] = typer.Option(None, "--guidance", help="Guidance scale (default 5.0)."),
     cache: Optional[Path] = typer.Option(None, "--cache", help="Cache folder (default $IGMU_CACHE or ~/.cache/igmu)."),
+    device: str = _device_opt(),
+    dtype: str = _dtype_opt(),
 ):
     """Evaluate an unlearned model on a task (forgetting, preservation, quality, alignment, robustness, cost), or
     score a tree of pre-generated images (--images)."""
@@ -217,6 +247,9 @@ def evaluate(
         raise UserError("--task is required (a task file or mini:<name>); only --layout igmu and folder work without one")
     if judge and len(judge) > 1:
         raise UserError("--judge takes one spec when evaluating a task")
+    from .utils.device import Runtime
+
+    runtime = Runtime.resolve(device, dtype)
     t = load_task(task)
     if n is not None:
         if n < 1:
@@ -231,7 +264,8 @@ def evaluate(
                      perceptual=perceptual, fid_weights=str(fid_weights) if fid_weights else None,
                      lpips_weights=str(lpips_weights) if lpips_weights else None, lpips_net=lpips_net,
                      settings=GenSettings(steps=steps or DEFAULT_STEPS,
-                                          guidance=DEFAULT_GUIDANCE if guidance is None else guidance), seed=seed)
+                                          guidance=DEFAULT_GUIDANCE if guidance is None else guidance), seed=seed,
+                     runtime=runtime)
     cfg.settings.validate()
     sources = None
     if images is not None:  # layout igmu-task
@@ -310,6 +344,32 @@ def judge_train(images: Path = typer.Option(..., "--images", help="Image folder:
     typer.echo(f"wrote judge {path}: held-out accuracy {card.get('accuracy'):.3f} on {card.get('n')} images "
                f"({'the layout test/ split' if card.get('split') == 'layout' else 'a held-out split'}); "
                f"use it as --judge clip-head:{path}")
+
+
+@app.command("build-model")
+@handles_errors
+def build_model(kind: str = typer.Argument(..., help="sd15 (SD 1.5's architecture, 512 px) or sd21 (SD 2.1's, 768 px, v-prediction)."),
+                out: Path = typer.Option(..., "--out", "-o", help="Pipeline folder to write."),
+                dtype: str = typer.Option("float16", "--dtype", help="float16 (as checkpoints are distributed), bfloat16 or float32."),
+                seed: int = typer.Option(0, "--seed"),
+                latent: Optional[int] = typer.Option(None, "--latent", help="Default latent side (the real one if omitted: 64 / 96).")):
+    """Build a Stable-Diffusion-sized pipeline with RANDOM weights from the configs in the repo (real UNet, text
+    encoder and VAE shapes, CLIP's real tokenizer): for measuring methods at scale without any download."""
+    from .models.scale import KINDS, save_scale_pipeline
+    from .utils.device import DTYPES
+    from .utils.io import check_writable_dir
+
+    if kind not in KINDS:
+        raise UserError(f"unknown model kind {kind!r}; kinds: {', '.join(KINDS)}")
+    if dtype not in DTYPES:
+        raise UserError(f"unknown --dtype {dtype!r}; use float16, bfloat16 or float32")
+    if latent is not None and not (4 <= latent <= 256 and latent % 8 == 0):
+        raise UserError(f"--latent must be a multiple of 8 between 8 and 256, got {latent}")
+    if out.exists() and (not out.is_dir() or any(out.iterdir())):
+        raise UserError(f"--out {out} exists and is not empty; choose a new folder")
+    check_writable_dir(out.parent)
+    res = save_scale_pipeline(kind, out, DTYPES[dtype], seed, latent)
+    typer.echo(f"wrote a random-weight {kind}-sized pipeline ({dtype}) to {res}")
 
 
 @app.command()

@@ -1,5 +1,12 @@
 """Running an eraser: validate the request, load the model, erase, and write the artifact (artifacts.py)
-with its manifest and cost, atomically."""
+with its manifest and cost, atomically.
+
+The runtime (utils/device.py: --device, --dtype, --gradient-checkpointing) says where the model is loaded,
+in which dtype, and how the fine-tuning loop trains. The artifact stores each changed tensor in the dtype
+the method produced it in (float32 for trained parameters, which are float32 master weights, and for
+closed-form solutions), records those dtypes and the runtime in the manifest, and applies to a base
+loaded in any dtype (artifacts.apply_tensors casts).
+"""
 from __future__ import annotations
 
 import json
@@ -8,12 +15,14 @@ from pathlib import Path
 
 from .artifacts import FORMAT, SAMPLING_VERSION, VERSION, is_artifact, original_tensor
 from .errors import UserError
+from .utils.device import Runtime, dtype_name, hardware_errors, using
 from .utils.io import atomic_dir
-from .utils.memory import peak_rss_mb
+from .utils.memory import peak_gpu_mb, peak_rss_mb, reset_peak_gpu
 
 
 def run_erase(model: str, method_name: str, targets: list[str], anchor: str | None, preserve: list[str],
-              config_file: str | None, sets: list[str] | None, out: Path, progress_factory=None) -> Path:
+              config_file: str | None, sets: list[str] | None, out: Path, progress_factory=None,
+              runtime: Runtime | None = None) -> Path:
     from .artifacts import load_model
     from .methods import get_method, sampler_for
     from .methods.base import EraseRequest, parse_config
@@ -33,20 +42,26 @@ def run_erase(model: str, method_name: str, targets: list[str], anchor: str | No
     if out.exists() and (not out.is_dir() or (any(out.iterdir()) and not is_artifact(out))):
         raise UserError(f"--out {out} exists and is not an igmu artifact; choose a new folder")
     check_writable_dir(out.parent)
+    runtime = runtime or Runtime()
+    if runtime.gradient_checkpointing and method.kind == "sampling":
+        raise UserError(f"--gradient-checkpointing is for fine-tuning methods; {method.name} trains nothing")
     where = resolve_model(model)
-    pipe = load_model(model)
-    req = EraseRequest(targets=targets, anchor=anchor, preserve=[p.strip() for p in preserve or []])
-    method.check_architecture(pipe)
-    cfg = method.resolve_config(pipe, cfg)  # the family's official defaults where they differ (manifest records them)
-    method.check(pipe, req, cfg)
-    sampling = None
-    t0 = time.perf_counter()
-    if method.kind == "sampling":
-        sampling = method.sampling(req, cfg)
-        changed = {}
-    else:
-        changed = method.erase(pipe, req, cfg)
-    secs = time.perf_counter() - t0
+    with hardware_errors(f"erase ({method.name})"):
+        pipe = load_model(model, runtime.device, runtime.dtype)
+        req = EraseRequest(targets=targets, anchor=anchor, preserve=[p.strip() for p in preserve or []])
+        method.check_architecture(pipe)
+        cfg = method.resolve_config(pipe, cfg)  # the family's official defaults where they differ (manifest records them)
+        method.check(pipe, req, cfg)
+        sampling = None
+        reset_peak_gpu(runtime.device)
+        t0 = time.perf_counter()
+        if method.kind == "sampling":
+            sampling = method.sampling(req, cfg)
+            changed = {}
+        else:
+            with using(runtime):
+                changed = method.erase(pipe, req, cfg)
+        secs = time.perf_counter() - t0
     peak_mb = peak_rss_mb()
     n_tensor = sum(v.numel() for v in changed.values())
     n_diff = 0
@@ -60,8 +75,13 @@ def run_erase(model: str, method_name: str, targets: list[str], anchor: str | No
         "targets": targets, "anchor": anchor, "preserve": req.preserve, "versions": versions(),
         "cost": {"erase_seconds": round(secs, 3), "peak_rss_mb": round(peak_mb, 1),
                  "params_in_changed_tensors": n_tensor, "params_changed": n_diff},
+        "runtime": runtime.describe(),
+        "tensor_dtypes": sorted({dtype_name(v.dtype) for v in changed.values()}),
         "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
     }
+    gpu_mb = peak_gpu_mb(runtime.device)
+    if gpu_mb is not None:
+        manifest["cost"]["peak_gpu_mb"] = round(gpu_mb, 1)
     if sampling is not None:
         sampler_for(sampling)  # the registry can turn the spec back into a sampling hook (else: UserError)
         manifest["sampling"] = json.loads(json.dumps(sampling))  # JSON-able by contract; stored as read back

@@ -61,11 +61,27 @@ def _size(pipe, s: GenSettings):
 @torch.no_grad()
 def generate_images(pipe, prompts: list[str], seeds: list[int], settings: GenSettings,
                     batch_size: int = DEFAULT_BATCH, progress=None) -> np.ndarray:
-    """One image per (prompt, seed) pair; returns uint8 N x H x W x 3.
+    """One image per (prompt, seed) pair, in batches of `batch_size`; returns uint8 N x H x W x 3.
 
     Honours the pipeline's inference-time change, if any (`pipe.igmu_sampler`, see the module docstring).
     """
+    return _generate(pipe, prompts, seeds, settings, batch_size, progress, fit=False)[0]
+
+
+def auto_batch(pipe, settings: GenSettings) -> int:
+    """The default batch for `igmu generate`: 64 images up to 32 x 32 latents (the mini model's 16 x 16
+    included), fewer for larger latents (by area: 16 at SD's 64 x 64, 512 px); halved further on
+    out-of-memory (see _generate)."""
+    h, w = _size(pipe, settings)
+    f = pipe.vae_scale_factor
+    return max(1, min(DEFAULT_BATCH, DEFAULT_BATCH * 32 * 32 // ((h // f) * (w // f))))
+
+
+def _generate(pipe, prompts, seeds, settings: GenSettings, batch_size: int, progress, fit: bool):
+    """(images, the batch size each image was made in). fit=True: on out-of-memory, halve the batch and
+    retry (down to 1), so that the batch is chosen to fit; fit=False: out-of-memory is an error."""
     from .diffusion.sampling import pipeline_images
+    from .utils.device import hardware_error
 
     settings.validate()
     h, w = _size(pipe, settings)
@@ -74,16 +90,29 @@ def generate_images(pipe, prompts: list[str], seeds: list[int], settings: GenSet
     dev = pipe.device
     dtype = adapter_for(pipe).denoiser.dtype
     sample = getattr(pipe, "igmu_sampler", None) or pipeline_images
-    out = []
-    for i in range(0, len(prompts), batch_size):
-        ps, ss = prompts[i:i + batch_size], seeds[i:i + batch_size]
+    out, sizes = [], []
+    i, b = 0, batch_size
+    while i < len(prompts):
+        ps, ss = prompts[i:i + b], seeds[i:i + b]
         lat = torch.cat([initial_noise(pipe, s, h, w) for s in ss]).to(dev, dtype)
         neg = [settings.negative_prompt] * len(ps) if settings.negative_prompt else None
-        images = sample(pipe, ps, neg, lat, settings.steps, settings.guidance, h, w)
+        try:
+            images = sample(pipe, ps, neg, lat, settings.steps, settings.guidance, h, w)
+        except (RuntimeError, MemoryError) as e:
+            ue = hardware_error(e, "generation")
+            if not fit or b == 1 or ue is None or not str(ue).startswith("out of memory"):
+                raise
+            del lat
+            if dev.type == "cuda":
+                torch.cuda.empty_cache()
+            b = min(b, len(ps)) // 2
+            continue
         out.append((np.asarray(images) * 255).round().clip(0, 255).astype(np.uint8))
+        sizes += [len(ps)] * len(ps)
+        i += len(ps)
         if progress:
             progress(len(ps))
-    return np.concatenate(out) if out else np.zeros((0, h, w, 3), np.uint8)
+    return (np.concatenate(out) if out else np.zeros((0, h, w, 3), np.uint8)), sizes
 
 
 def read_prompt_file(path: str) -> list[str]:
@@ -115,17 +144,20 @@ def _flatten(data) -> list[str]:
 
 
 def run_generate(model: str, prompts: list[str], n: int, seed: int, settings: GenSettings, out: Path,
-                 batch_size: int = DEFAULT_BATCH, progress_factory=None) -> Path:
-    """Generate n images per prompt into out/ (PNGs + generations.jsonl), atomically."""
+                 batch_size: int | None = None, progress_factory=None, runtime=None) -> Path:
+    """Generate n images per prompt into out/ (PNGs + generations.jsonl), atomically. batch_size None:
+    chosen to fit (auto_batch, halved on out-of-memory); each record says the batch its image was made in."""
     from PIL import Image
 
     from .artifacts import load_model
+    from .utils.device import Runtime, dtype_name, hardware_errors
     from .utils.io import atomic_dir, check_writable_dir
 
     if n < 1:
         raise UserError(f"-n must be at least 1, got {n}")
-    if batch_size < 1:
+    if batch_size is not None and batch_size < 1:
         raise UserError(f"--batch-size must be at least 1, got {batch_size}")
+    runtime = runtime or Runtime()
     prompts = [p.strip() for p in prompts]
     if not prompts or any(not p for p in prompts):
         raise UserError("empty prompt; give a non-empty --prompt or a --prompts file")
@@ -134,19 +166,23 @@ def run_generate(model: str, prompts: list[str], n: int, seed: int, settings: Ge
     if out.exists() and out.is_dir() and any(out.iterdir()) and not (out / "generations.jsonl").exists():
         raise UserError(f"--out {out} is a non-empty folder that igmu did not write; choose an empty or new folder")
     check_writable_dir(out.parent if not out.exists() else out)
-    pipe = load_model(model)
-    h, w = _size(pipe, settings)
-    pairs = [(i, p, j) for i, p in enumerate(prompts) for j in range(n)]
-    progress = progress_factory(len(pairs)) if progress_factory else None
-    imgs = generate_images(pipe, [p for _, p, _ in pairs], [seed + j for _, _, j in pairs], settings,
-                           batch_size, progress)
+    with hardware_errors("igmu generate"):
+        pipe = load_model(model, runtime.device, runtime.dtype)
+        h, w = _size(pipe, settings)
+        pairs = [(i, p, j) for i, p in enumerate(prompts) for j in range(n)]
+        progress = progress_factory(len(pairs)) if progress_factory else None
+        imgs, sizes = _generate(pipe, [p for _, p, _ in pairs], [seed + j for _, _, j in pairs], settings,
+                                batch_size or auto_batch(pipe, settings), progress, fit=batch_size is None)
+    where = {} if (runtime.device.type, runtime.dtype) == ("cpu", torch.float32) else {
+        "device": str(runtime.device), "dtype": dtype_name(runtime.dtype)}
     with atomic_dir(out) as tmp:
         (tmp / "images").mkdir()
         with open(tmp / "generations.jsonl", "w") as f:
-            for (i, p, j), img in zip(pairs, imgs):
+            for (i, p, j), img, b in zip(pairs, imgs, sizes):
                 name = f"images/{i:04d}_{j:03d}.png"
                 Image.fromarray(img).save(tmp / name)
                 rec = {"prompt": p, "prompt_index": i, "seed": seed + j, "model": model, "file": name,
-                       "height": h, "width": w, **{k: v for k, v in asdict(settings).items() if k not in ("height", "width")}}
+                       "height": h, "width": w, **{k: v for k, v in asdict(settings).items() if k not in ("height", "width")},
+                       "batch_size": b, **where}
                 f.write(json.dumps(rec) + "\n")
     return out

@@ -9,13 +9,18 @@
     seeds: [0]
     aspects: [forgetting, preservation, quality, alignment, robustness]
     evaluation: {images_per_prompt: 2, attack_prompts: 2, steps: 20, guidance: 5.0, judge: null, clip: null}
-    resources: {cpus: 1, gpus: 0}  # what one cell asks of the Ray backend
+    resources: {cpus: 1, gpus: 0}  # what one cell asks for: threads, and GPUs (local backend and Ray)
+    device: auto                   # auto: a cell with resources.gpus > 0 runs on CUDA, else on the CPU
+    dtype: auto                    # auto, float32, float16, bfloat16 (auto: float32 on CPU, bf16/fp16 on GPU)
+    gradient_checkpointing: false  # fine-tuning methods
 """
 from __future__ import annotations
 
 import hashlib
 import json
 from pathlib import Path
+
+import re
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
@@ -61,6 +66,28 @@ class BenchConfig(_Strict):
                                                         "robustness"])
     evaluation: EvalSettings = Field(default_factory=EvalSettings)
     resources: Resources = Field(default_factory=Resources)
+    device: str = "auto"
+    dtype: str = "auto"
+    gradient_checkpointing: bool = False
+
+    @field_validator("device")
+    @classmethod
+    def _device(cls, v: str) -> str:
+        if not re.fullmatch(r"auto|cpu|cuda(:\d+)?|mps", v.strip().lower()):
+            raise ValueError("device must be auto, cpu, cuda, cuda:N or mps")
+        return v.strip().lower()
+
+    @field_validator("dtype")
+    @classmethod
+    def _dtype(cls, v: str) -> str:
+        if v.strip().lower() not in ("auto", "float32", "float16", "bfloat16"):
+            raise ValueError("dtype must be auto, float32, float16 or bfloat16")
+        return v.strip().lower()
+
+    def runtime_key(self) -> dict:
+        """What a cell's id adds for its precision: nothing at the defaults (so existing cells keep their ids)."""
+        keys = {"device": self.device, "dtype": self.dtype, "gradient_checkpointing": self.gradient_checkpointing}
+        return {} if (self.device, self.dtype, self.gradient_checkpointing) == ("auto", "auto", False) else keys
 
     @field_validator("methods", mode="before")
     @classmethod

@@ -39,7 +39,7 @@ def plan_cells(cfg: BenchConfig, base: Path) -> list[dict]:
             for seed in cfg.seeds:
                 spec = {"model": cfg.model, "model_fingerprint": model_fp, "method": m.method, "set": m.set,
                         "task": task.model_dump(mode="json"), "seed": seed, "aspects": cfg.aspects,
-                        "evaluation": cfg.evaluation.model_dump(), "igmu": __version__}
+                        "evaluation": cfg.evaluation.model_dump(), "igmu": __version__, **cfg.runtime_key()}
                 cells.append({"id": sha(spec)[:16], "method_label": m.label, "method": m.method, "set": m.set,
                               "task": task.name, "task_spec": _task_path(t, base), "seed": seed})
     return cells
@@ -52,7 +52,18 @@ def _sets(cell: dict, method) -> list[str]:
     return sets
 
 
-def _erase(cell: dict, task, model: str, cdir: Path) -> tuple[str, dict]:
+def cell_runtime(cfg: BenchConfig):
+    """The runtime a cell runs in: device auto means CUDA for a cell with resources.gpus > 0 (the GPU(s) its
+    backend gave it), the CPU otherwise."""
+    from ..utils.device import Runtime
+
+    device = cfg.device
+    if device == "auto":
+        device = "cuda" if cfg.resources.gpus > 0 else "cpu"
+    return Runtime.resolve(device, cfg.dtype, cfg.gradient_checkpointing)
+
+
+def _erase(cell: dict, task, model: str, cdir: Path, runtime=None) -> tuple[str, dict]:
     """Erase the task's targets; returns (model spec to evaluate, cost). Chained when the task is sequential
     (or 'many' with a single-concept method): step k erases target k from the merged result of step k-1."""
     from ..artifacts import export_merged, is_artifact, load_artifact
@@ -67,14 +78,15 @@ def _erase(cell: dict, task, model: str, cdir: Path) -> tuple[str, dict]:
     if not chain:
         art = cdir / "artifact"
         if not is_artifact(art):
-            run_erase(model, cell["method"], targets, task.anchor, list(task.preserve), None, sets, art)
+            run_erase(model, cell["method"], targets, task.anchor, list(task.preserve), None, sets, art,
+                      runtime=runtime)
         return str(art), {"method": cell["method"], **load_artifact(art)[0]["cost"]}
     base, steps = model, []
     for k, t in enumerate(targets):
         sdir = cdir / "steps" / str(k)
         art, merged = sdir / "artifact", sdir / "merged"
         if not is_artifact(art):
-            run_erase(base, cell["method"], [t], task.anchor, list(task.preserve), None, sets, art)
+            run_erase(base, cell["method"], [t], task.anchor, list(task.preserve), None, sets, art, runtime=runtime)
         if not (merged / "model_index.json").is_file():
             export_merged(art, merged)
         steps.append({"target": t, **load_artifact(art)[0]["cost"]})
@@ -107,11 +119,13 @@ def run_cell(cell: dict, bench_dir: str, cfg_dict: dict) -> dict:
         task.images_per_prompt = ev.images_per_prompt
     if ev.attack_prompts is not None:
         task.attack.prompts = ev.attack_prompts
-    unlearned, cost = _erase(cell, task, cfg.model, cdir)
+    runtime = cell_runtime(cfg)
+    unlearned, cost = _erase(cell, task, cfg.model, cdir, runtime)
     res = evaluate(cfg.model, unlearned, task,
                    EvalConfig(aspects=cfg.aspects, judge=ev.judge, clip=ev.clip, features=ev.features,
                               perceptual=ev.perceptual, fid_weights=ev.fid_weights, lpips_weights=ev.lpips_weights,
-                              settings=GenSettings(steps=ev.steps, guidance=ev.guidance), seed=cell["seed"]),
+                              settings=GenSettings(steps=ev.steps, guidance=ev.guidance), seed=cell["seed"],
+                              runtime=runtime),
                    Cache(bdir / "cache"))
     res["cost"] = cost
     res["unlearned"] = str(Path(unlearned).relative_to(bdir)) if Path(unlearned).is_relative_to(bdir) else unlearned
@@ -205,11 +219,17 @@ def run_bench(config: Path, out: Path, backend: str = "local", address: str | No
     if backend == "local":
         import torch
 
-        # a cell gets resources.cpus threads on either backend: results are bitwise equal at equal thread counts
-        torch.set_num_threads(max(1, int(cfg.resources.cpus)))
-        for c in todo:
-            tr.started(c, 1)
-            tr.finished(c, run_cell(c, str(out), cfg_dict), 0)
+        slots = gpu_slots(_visible_gpus(), cfg.resources.gpus) if cfg.resources.gpus > 0 else [None]
+        if len(slots) > 1 and len(todo) > 1:  # one worker process per slot, each on its own GPU(s)
+            tr.slots = len(slots)
+            run_in_slots(todo, str(out), cfg_dict, [{"CUDA_VISIBLE_DEVICES": ",".join(map(str, s))} for s in slots],
+                         tr)
+        else:
+            # a cell gets resources.cpus threads on either backend: results are bitwise equal at equal thread counts
+            torch.set_num_threads(max(1, int(cfg.resources.cpus)))
+            for c in todo:
+                tr.started(c, 1)
+                tr.finished(c, run_cell(c, str(out), cfg_dict), 0)
     elif backend == "ray":
         from .ray_backend import run_ray
 
@@ -217,3 +237,90 @@ def run_bench(config: Path, out: Path, backend: str = "local", address: str | No
     else:
         raise UserError(f"unknown --backend {backend!r}; backends: local, ray")
     return {"cells": len(cells), "ran": len(todo), "seconds": round(time.perf_counter() - t0, 1), "out": str(out)}
+
+
+# ---------------------------------------------------------------- the local backend on GPUs
+
+
+def _visible_gpus() -> int:
+    import torch
+
+    return torch.cuda.device_count() if torch.cuda.is_available() else 0
+
+
+def gpu_slots(visible: int, gpus: float) -> list[list[int]]:
+    """How the local backend spreads cells over `visible` GPUs when each cell asks for `gpus`: a cell asking
+    for k >= 1 GPUs gets k whole GPUs of its own (visible // k cells at a time); a cell asking for a
+    fraction f < 1 shares a GPU with floor(1 / f) - 1 others. Returns the GPU indices of each slot."""
+    if visible < 1:
+        raise UserError(f"resources.gpus is {gpus:g} but no CUDA GPU is visible here; set resources.gpus: 0 "
+                        "(the cells then run on the CPU) or run on a machine with a GPU")
+    if gpus >= 1:
+        k = int(-(-gpus // 1))
+        if k > visible:
+            raise UserError(f"resources.gpus is {gpus:g} but only {visible} GPU(s) are visible")
+        return [list(range(i * k, (i + 1) * k)) for i in range(visible // k)]
+    per_gpu = max(1, int(1 // gpus))
+    return [[g] for _ in range(per_gpu) for g in range(visible)]
+
+
+def run_in_slots(cells: list[dict], bench_dir: str, cfg_dict: dict, envs: list[dict], tracker) -> None:
+    """Run the cells in one worker process per slot, each started with its environment (e.g. its
+    CUDA_VISIBLE_DEVICES), taking cells from a shared queue until none are left."""
+    import multiprocessing as mp
+    import os
+
+    ctx = mp.get_context("spawn")  # a fresh interpreter: the slot's CUDA_VISIBLE_DEVICES holds from the start
+    jobs, done = ctx.Queue(), ctx.Queue()
+    for c in cells:
+        jobs.put(c)
+    procs = []
+    saved = dict(os.environ)
+    try:
+        for env in envs:
+            os.environ.update(env)
+            p = ctx.Process(target=_slot_worker, args=(jobs, done, bench_dir, cfg_dict), daemon=True)
+            p.start()
+            procs.append(p)
+            jobs.put(None)  # one stop mark per worker
+    finally:
+        os.environ.clear()
+        os.environ.update(saved)
+    by_id = {c["id"]: c for c in cells}
+    tracker.queued(len(cells))
+    left = len(cells)
+    error = None
+    while left and error is None:
+        kind, cid, info = done.get()
+        if kind == "error":
+            error = info
+            break
+        left -= 1
+        tracker.finished(by_id[cid], info, min(left, len(procs)))
+    for p in procs:
+        if error is not None:
+            p.terminate()
+        p.join()
+    if error is not None:
+        raise UserError(error)
+
+
+def _slot_worker(jobs, done, bench_dir: str, cfg_dict: dict) -> None:
+    import torch
+
+    torch.set_num_threads(max(1, int(BenchConfig(**cfg_dict).resources.cpus)))
+    while True:
+        cell = jobs.get()
+        if cell is None:
+            return
+        try:
+            done.put(("done", cell["id"], run_cell(cell, bench_dir, cfg_dict)))
+        except UserError as e:
+            done.put(("error", cell["id"], str(e)))
+            return
+        except Exception as e:  # reported by the parent as one line with the cell it happened in
+            from ..utils.device import hardware_error
+
+            ue = hardware_error(e, f"cell {cell['id']}")
+            done.put(("error", cell["id"], str(ue) if ue else f"cell {cell['id']} failed: {type(e).__name__}: {e}"))
+            return

@@ -43,12 +43,16 @@ def model_fingerprint(spec: str) -> str:
     return model_hash(resolve_model(spec))
 
 
-def image_key(model_fp: str, prompt: str, seed: int, settings, batch: int) -> str:
+def image_key(model_fp: str, prompt: str, seed: int, settings, batch: int, precision: str | None = None) -> str:
     """`batch`: the fixed UNet batch the image is generated in. CPU kernels may round differently at
     different batch sizes (a pixel off by one), so the batch size is part of what defines an image;
-    at a fixed batch size the result does not depend on the other images in the batch."""
-    s = json.dumps({"model": model_fp, "prompt": prompt, "seed": int(seed), "settings": asdict(settings),
-                    "batch": int(batch)}, sort_keys=True)
+    at a fixed batch size the result does not depend on the other images in the batch. `precision`:
+    "<device type>/<dtype>" when not CPU float32 (other kernels and dtypes give other images); CPU float32
+    images keep the keys they always had."""
+    key = {"model": model_fp, "prompt": prompt, "seed": int(seed), "settings": asdict(settings), "batch": int(batch)}
+    if precision:
+        key["precision"] = precision
+    s = json.dumps(key, sort_keys=True)
     return hashlib.sha256(s.encode()).hexdigest()
 
 

@@ -31,6 +31,7 @@ import numpy as np
 
 from ..errors import UserError
 from ..generate import GenSettings
+from ..utils.device import Runtime, dtype_name
 from . import metrics as M
 from .cache import Cache, image_key, model_fingerprint
 from .registry import EvalContext, MetricOptions
@@ -56,6 +57,7 @@ class EvalConfig:
     settings: GenSettings = field(default_factory=GenSettings)
     seed: int = 0
     attack: bool = True  # UnlearnDiffAtk inside robustness (task.attack.prompts > 0)
+    runtime: Runtime = field(default_factory=Runtime)  # device and dtype the models are loaded and sampled in
 
     def metric_options(self) -> MetricOptions:
         return MetricOptions(features=self.features, clip=self.clip, perceptual=self.perceptual,
@@ -97,11 +99,15 @@ class _Models:
         from ..artifacts import load_model
 
         if role not in self._pipes:
-            self._pipes[role] = load_model(self.specs[role])
+            rt = self.cfg.runtime
+            self._pipes[role] = load_model(self.specs[role], rt.device, rt.dtype)
         return self._pipes[role]
 
     def key(self, role: str, prompt: str, seed: int, batch: int) -> str:
-        return image_key(self.fp[role], prompt, seed, self.cfg.settings, batch)
+        rt = self.cfg.runtime
+        precision = None if (rt.device.type, dtype_name(rt.dtype)) == ("cpu", "float32") else \
+            f"{rt.device.type}/{dtype_name(rt.dtype)}"
+        return image_key(self.fp[role], prompt, seed, self.cfg.settings, batch, precision)
 
     def images(self, role: str, pairs: list[tuple[str, int]], batch: int = GEN_BATCH) -> tuple[np.ndarray, list[str]]:
         """Images for (prompt, seed) pairs of one model, generating only what the cache lacks.
@@ -402,6 +408,7 @@ def evaluate(original: str, unlearned: str, task, cfg: EvalConfig, cache: Cache,
         "aspects": aspects, "aggregates": agg, "cost": cost, "records": records,
         "cache": {"root": str(cache.root), "hits": dict(cache.hits), "misses": dict(cache.misses)},
         "seconds": round(time.perf_counter() - t0, 2), "versions": _versions(),
+        "runtime": {k: v for k, v in cfg.runtime.describe().items() if k != "gradient_checkpointing"},
     }
 
 

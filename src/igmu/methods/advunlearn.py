@@ -240,7 +240,7 @@ class AdvUnlearn(Eraser):
                 info["attack"] = adv.losses[-1]
             return loss, info
 
-        loop = FineTune(params, Adam(lr=cfg.lr))
+        loop = FineTune(params, Adam(lr=cfg.lr), checkpoint=[te])
         loop.run(cfg.iterations, compute_loss, self.progress(cfg.iterations))
         te.requires_grad_(False)
         pipe.text_encoder = te

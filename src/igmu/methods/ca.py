@@ -185,7 +185,7 @@ class CA(Eraser):
             return loss, {"ablation": loss_abl.item()}
 
         loop = FineTune(params, AdamW(lr=cfg.lr, betas=(0.9, 0.999), weight_decay=cfg.weight_decay, eps=1e-8),
-                        max_grad_norm=cfg.max_grad_norm, snapshot=True)
+                        max_grad_norm=cfg.max_grad_norm, snapshot=True, checkpoint=[unet])
         try:
             loop.run(cfg.iterations, compute_loss, advance)
         finally:

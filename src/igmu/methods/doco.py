@@ -206,7 +206,7 @@ class DoCo(Eraser):
         freeze_except(unet, params)
         weights = [p for _, p in params]
         gen = torch.Generator().manual_seed(cfg.seed)
-        disc = PatchDiscriminator(a.in_channels, min(a.sample_size), gen)
+        disc = PatchDiscriminator(a.in_channels, min(a.sample_size), gen).to(unet.device)
         disc.train()
         opt_d = torch.optim.Adam(disc.parameters(), lr=cfg.d_lr, betas=(0.5, 0.999))  # official DoCo/gan.py
         sched = a.train_scheduler
@@ -224,19 +224,22 @@ class DoCo(Eraser):
             with torch.no_grad():
                 ref = a.denoise(frozen, xt, t, e_pool[:1].expand(len(x0), -1, -1))
                 x0_a = predicted_x0(sched, xt, ref, t)  # anchor, original model
-            step_data.update(x0_u=x0_u, x0_a=x0_a, info={})
+            step_data.update(x0_u=x0_u, x0_a=x0_a, info={}, prior=None)
             if not train_g:
                 return None
             d_out = disc(x0_u)
-            return bce(d_out, torch.zeros_like(d_out))  # the generator's adversarial loss: be taken for the anchor
+            loss_adv = bce(d_out, torch.zeros_like(d_out))  # the generator's adversarial loss: be taken for the anchor
+            if cfg.surgery or cfg.prior_loss_weight > 0:  # the preservation loss on anchor (and preserved) images
+                j = prior_batches.take(cfg.batch_size)
+                step_data["prior"] = diffusion_loss(a, unet, x[j], e_pool[which[j]], gen)
+            return loss_adv
 
         def backward(loss_adv):
             """Concept-preserving gradient: clip each gradient, project out the conflict with the prior loss."""
             info = step_data["info"]
             g = clip_grads(list(torch.autograd.grad(loss_adv, weights, allow_unused=True)), cfg.max_grad_norm)
-            if cfg.surgery or cfg.prior_loss_weight > 0:
-                j = prior_batches.take(cfg.batch_size)
-                loss_prior = diffusion_loss(a, unet, x[j], e_pool[which[j]], gen)
+            loss_prior = step_data["prior"]
+            if loss_prior is not None:
                 g_p = clip_grads(list(torch.autograd.grad(loss_prior, weights, allow_unused=True)), cfg.max_grad_norm)
                 if cfg.surgery:
                     g = project_conflicting(g, g_p, cfg.surgery_strength)
@@ -256,7 +259,7 @@ class DoCo(Eraser):
             step_data["info"]["loss_d"] = loss_d.item()
 
         loop = FineTune(params, AdamW(lr=cfg.lr, betas=(0.9, 0.999), weight_decay=cfg.weight_decay, eps=1e-8),
-                        backward=backward, after_step=discriminator_step, snapshot=True)
+                        backward=backward, after_step=discriminator_step, snapshot=True, checkpoint=[unet])
         try:
             loop.run(cfg.iterations, lambda step: (compute_loss(step), step_data["info"]), advance)
         finally:

@@ -137,7 +137,7 @@ class EraseDiff(Eraser):
         params = _params(unet, cfg.train_method)
         for p in params:
             p.requires_grad_(True)
-        outer = FineTune(params, Adam(lr=cfg.lr))
+        outer = FineTune(params, Adam(lr=cfg.lr), checkpoint=[unet])
         retain = cycling_batches(len(data.retain), cfg.batch_size, rng)
         per_pass = -(-len(data.forget) // cfg.batch_size)
         advance = self.progress(cfg.epochs * per_pass * (cfg.K_steps + 1))
@@ -153,8 +153,8 @@ class EraseDiff(Eraser):
                 inner_losses.append(loss.item())
                 return loss
 
-            FineTune(_params(inner, cfg.train_method), Adam(lr=cfg.lr)).run(cfg.K_steps * per_pass, inner_loss,
-                                                                            advance)
+            FineTune(_params(inner, cfg.train_method), Adam(lr=cfg.lr), checkpoint=[inner]).run(
+                cfg.K_steps * per_pass, inner_loss, advance)
             f_K = float(np.mean(inner_losses[-per_pass:]))
             del inner
             # [2]-[3] theta_{i+1} = theta_i - xi (grad g + lambda grad q), q = f - f(theta^K)

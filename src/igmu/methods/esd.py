@@ -111,7 +111,7 @@ class ESD(Eraser):
         cond, null = embs[:1], embs[1:]
         rng = np.random.default_rng(cfg.seed)
 
-        loop = FineTune(params, Adam(lr=cfg.lr))
+        loop = FineTune(params, Adam(lr=cfg.lr), checkpoint=[esd])
         loop.run(cfg.iterations, esd_loss(a, base, esd, cond, null, cfg, rng), self.progress(cfg.iterations))
         esd.requires_grad_(False)
         a.set_denoiser(esd)

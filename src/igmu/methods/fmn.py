@@ -197,7 +197,7 @@ class FMN(Eraser):
             return torch.cat(picked).norm()  # the attention re-steering loss
 
         loop = FineTune(params, AdamW(lr=cfg.lr, betas=(0.9, 0.999), weight_decay=cfg.weight_decay, eps=1e-8),
-                        max_grad_norm=cfg.max_grad_norm)
+                        max_grad_norm=cfg.max_grad_norm, checkpoint=[unet])
         try:
             with record_cross_attention(a, sink, unet):
                 loop.run(cfg.iterations, compute_loss, advance)

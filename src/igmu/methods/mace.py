@@ -329,10 +329,11 @@ class MACE(Eraser):
                                 "use lamb > 0 or give --preserve concepts") from None
 
         # stage 1: closed-form refinement of the words co-existing with the targets
+        W1 = {}  # the refined matrices, float32 whatever the model's dtype
         with torch.no_grad():
             for k, lin in keys:
-                lin.weight.copy_(solve(W0[k], E_f, E_g @ W0[k].T, k).to(lin.weight.dtype))
-        W1 = {k: lin.weight.detach().float().cpu().clone() for k, lin in keys}
+                W1[k] = solve(W0[k], E_f, E_g @ W0[k].T, k)
+                lin.weight.copy_(W1[k].to(lin.weight.dtype))
         advance(1)
 
         # stage 2: one LoRA per concept (trained separately), suppressing the target's attention inside its mask
@@ -357,7 +358,7 @@ class MACE(Eraser):
                 vals = torch.cat([e @ (W1[k] + d[f"{k}.weight"]).T for e, d in zip(flat, deltas)])
                 W = solve(W1[k], rows, vals, k)
                 lin.weight.copy_(W.to(lin.weight.dtype))
-                changed[f"unet.{k}.weight"] = lin.weight.detach().cpu().clone()
+                changed[f"unet.{k}.weight"] = W.clone()
         advance(1)
         return changed
 
@@ -394,6 +395,8 @@ class MACE(Eraser):
             # sum over layers of || A^i (.) M || over the target's tokens; an empty mask everywhere: no update
             return torch.stack(terms).sum()
 
+        # no gradient checkpointing here: the loss is read off the attention maps inside each checkpointed block,
+        # which torch's checkpoint cannot recompute consistently (and a batch-1 LoRA step needs little memory)
         loop = FineTune(lora_parameters(unet, adapter),
                         AdamW(lr=cfg.lr, betas=(0.9, 0.999), weight_decay=cfg.weight_decay, eps=1e-8),
                         max_grad_norm=cfg.max_grad_norm)

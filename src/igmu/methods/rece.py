@@ -149,9 +149,10 @@ class RECE(Eraser):
         layers = edited_projections(a, cfg.with_to_k)
         original = [p.linear.weight.detach().float().cpu().clone() for p in layers]
         uce = UCE()
-        uce.erase(pipe, req, uce.resolve_config(pipe, UCEConfig(
+        first = uce.erase(pipe, req, uce.resolve_config(pipe, UCEConfig(
             lamb=cfg.uce_lamb, erase_scale=cfg.uce_erase_scale, preserve_scale=cfg.uce_preserve_scale,
             with_to_k=cfg.with_to_k)))
+        current = [first[f"{a.component}.{p.name}.weight"] for p in layers]  # float32, whatever the model's dtype
         advance(1, stage="uce")
         targets = list(req.targets)
         anchor = req.anchor if req.anchor and req.anchor.strip() else " "  # official new_texts default ' '
@@ -162,8 +163,6 @@ class RECE(Eraser):
         if any(p.reads == "pooled" for p in layers):
             streams["pooled"] = (a.pooled(cond).float().cpu().unsqueeze(1), a.pooled(k_cond).float().cpu())
         for epoch in range(cfg.epochs):
-            # the current matrices (no copy: each layer's is read before it is overwritten below)
-            current = [p.linear.weight.detach().float().cpu() for p in layers]
             residual = 0.0
             for reads, (hs, keep) in streams.items():
                 idx = [i for i, p in enumerate(layers) if p.reads == reads]
@@ -176,7 +175,7 @@ class RECE(Eraser):
                 solve = ClosedFormEdit(adv.float(), keep, cfg.lamb, cfg.erase_scale, cfg.preserve_scale)
                 for i, W in zip(idx, cur):
                     V = (anchor_rows @ W.T).repeat(len(targets), 1)  # W' a_i at the same positions, per target
-                    W_new = solve(W, V)
-                    layers[i].linear.weight.copy_(W_new.to(layers[i].linear.weight.dtype))
+                    current[i] = solve(W, V)  # float32, kept here: the model's own copy may be float16
+                    layers[i].linear.weight.copy_(current[i].to(layers[i].linear.weight.dtype))
             advance(1, stage=f"epoch {epoch + 1}", attack_residual=residual)
-        return {f"{a.component}.{p.name}.weight": p.linear.weight.detach().cpu().clone() for p in layers}
+        return {f"{a.component}.{p.name}.weight": W.clone() for p, W in zip(layers, current)}

@@ -317,7 +317,7 @@ class ReceLer(Eraser):
             return loss, info
 
         try:
-            FineTune(params, Adam(lr=cfg.lr)).run(cfg.iterations, compute_loss, self.progress(cfg.iterations))
+            FineTune(params, Adam(lr=cfg.lr), checkpoint=[unet]).run(cfg.iterations, compute_loss, self.progress(cfg.iterations))
         finally:
             erasers.remove()
         changed = {}

@@ -112,7 +112,7 @@ def fisher_diagonal(pipe, model, params: list[tuple[str, torch.nn.Parameter]], x
     The parameters in `params` must require grad."""
     T = adapter_for(pipe).train_scheduler.config.num_train_timesteps
     ts = torch.linspace(0, T - 1, min(n_timesteps, T)).round().long()
-    fisher = {n: torch.zeros_like(p) for n, p in params}
+    fisher = {n: torch.zeros_like(p, dtype=torch.float32) for n, p in params}
     for i in range(len(x0)):
         k = len(ts)
         losses = diffusion_loss(pipe, model, x0[i:i + 1].expand(k, -1, -1, -1), cond[i:i + 1].expand(k, -1, -1),
@@ -120,7 +120,7 @@ def fisher_diagonal(pipe, model, params: list[tuple[str, torch.nn.Parameter]], x
         grads = torch.autograd.grad(losses.sum() * (T / k), [p for _, p in params], allow_unused=True)
         for (n, _), g in zip(params, grads):
             if g is not None:
-                fisher[n] += g.detach() ** 2 / len(x0)
+                fisher[n] += g.detach().float() ** 2 / len(x0)
     return fisher
 
 
@@ -179,7 +179,8 @@ class SA(Eraser):
                 loss = loss_forget + cfg.gamma * loss_replay + cfg.lmbda * ewc
                 return loss, {"forget": loss_forget.item(), "ewc": float(ewc.detach())}
 
-            loop = FineTune(params, AdamW(lr=cfg.lr, weight_decay=cfg.weight_decay), snapshot=True)
+            loop = FineTune(params, AdamW(lr=cfg.lr, weight_decay=cfg.weight_decay), snapshot=True,
+                            checkpoint=[unet])
             loop.run(cfg.iterations, compute_loss, advance)
         finally:
             unet.requires_grad_(False)

@@ -272,7 +272,7 @@ class SalUn(Eraser):
                     p.grad.mul_(m)
 
         steps = cfg.epochs * -(-len(data.forget) // cfg.batch_size)
-        FineTune([p for p, _ in params], Adam(lr=cfg.lr), adjust_gradients=masked).run(
+        FineTune([p for p, _ in params], Adam(lr=cfg.lr), adjust_gradients=masked, checkpoint=[unet]).run(
             steps, compute_loss, self.progress(steps))
         unet.requires_grad_(False).eval()
         pipe.unet = unet

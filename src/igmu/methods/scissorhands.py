@@ -155,12 +155,12 @@ def trim(unet, scores: dict, sparsity: float, layers: list[str], generator) -> i
 def project_gradient(g: torch.Tensor, memories: torch.Tensor, margin: float, eps: float = 1e-3) -> torch.Tensor:
     """GEM's projection (project2cone2): g + M^T v, v = argmin 1/2 v^T (M M^T + eps I) v + (M g)^T v, v >= margin.
     g: p, memories M: t x p."""
-    P = memories @ memories.T + eps * torch.eye(len(memories), dtype=memories.dtype)
+    P = memories @ memories.T + eps * torch.eye(len(memories), dtype=memories.dtype, device=memories.device)
     q = memories @ g
     if len(memories) == 1:
         v = torch.clamp(-q / P[0, 0], min=margin)
     else:  # projected coordinate descent on the small box-constrained QP
-        v = torch.full((len(memories),), float(margin), dtype=g.dtype)
+        v = torch.full((len(memories),), float(margin), dtype=g.dtype, device=g.device)
         for _ in range(200):
             for k in range(len(v)):
                 v[k] = torch.clamp(v[k] - (P[k] @ v + q[k]) / P[k, k], min=margin)
@@ -222,7 +222,8 @@ class ScissorHands(Eraser):
             state["projected"] = False
             if memories is None:
                 return
-            g = torch.cat([p.grad.flatten() if p.grad is not None else torch.zeros(p.numel()) for p in params])
+            g = torch.cat([p.grad.flatten().float() if p.grad is not None else torch.zeros(p.numel(), device=p.device)
+                           for p in params])
             if bool((memories @ g < 0).any()):
                 g = project_gradient(g.double(), memories.double(), cfg.margin).float()
                 state["projected"] = True
@@ -235,7 +236,8 @@ class ScissorHands(Eraser):
             info["projected"] = state["projected"]
             advance(k, **info)
 
-        FineTune(params, Adam(lr=cfg.lr), adjust_gradients=project).run(cfg.epochs * per_epoch, compute_loss, report)
+        FineTune(params, Adam(lr=cfg.lr), adjust_gradients=project, checkpoint=[unet]).run(
+            cfg.epochs * per_epoch, compute_loss, report)
         unet.requires_grad_(False).eval()
         pipe.unet = unet
         return changed_tensors(unet.named_parameters(), dict(base.named_parameters()))
@@ -253,5 +255,6 @@ class ScissorHands(Eraser):
             else:
                 loss = -diffusion_loss(a, unet, x, c, gen)
             grads = torch.autograd.grad(loss, params, allow_unused=True)
-            out.append(torch.cat([(torch.zeros_like(p) if g is None else g).flatten() for g, p in zip(grads, params)]))
+            out.append(torch.cat([(torch.zeros_like(p) if g is None else g).flatten().float()
+                                  for g, p in zip(grads, params)]))
         return torch.stack(out).detach()

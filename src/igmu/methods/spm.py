@@ -219,5 +219,5 @@ class SPM(Eraser):
                 num_cycles=cfg.lr_cycles)
 
         loop = FineTune(lora_parameters(unet, adapter), AdamW(lr=cfg.lr, weight_decay=cfg.weight_decay),
-                        lr_schedule=schedule)
+                        lr_schedule=schedule, checkpoint=[unet])
         loop.run(cfg.iterations, compute_loss, advance)

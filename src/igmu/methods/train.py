@@ -3,7 +3,7 @@
 A method supplies its loss, as open-unlearning's trainers override one `compute_loss`; this module owns
 the rest: which parameters train (parameter selection), the optimizer (Adam or AdamW with the method's
 cited betas / weight decay), the steps, gradient clipping, the learning-rate schedule, the progress bar,
-and which tensors changed (what the artifact stores).
+device and precision, gradient checkpointing, and which tensors changed (what the artifact stores).
 
     params = parameter_group(unet, "crossattn_kv")
     loop = FineTune(params, AdamW(lr=cfg.lr, weight_decay=cfg.weight_decay), max_grad_norm=1.0, snapshot=True)
@@ -15,10 +15,21 @@ DoCo's gradient surgery); the `adjust_gradients` hook (SalUn's saliency mask, Sc
 clip to max_grad_norm; optimizer step; schedule step; the `after_step` hook (DoCo's discriminator). A step
 whose loss is None, or does not require grad, makes no update (a warm-up step; an empty mask).
 
+Precision, the standard mixed-precision recipe, from the running command's runtime (utils/device.py,
+`--dtype`): the model is loaded in that dtype; in float16 or bfloat16 the trained parameters are kept
+in float32 (master weights: the optimizer updates them in float32), compute_loss and the hooks run under
+torch.autocast in that dtype, and in float16 the default backward is loss-scaled (torch.amp.GradScaler;
+the gradients are unscaled before the hooks and clipping, and a step with inf/nan gradients is skipped).
+A method with its own `backward` hook (DoCo) gets unscaled gradients and no loss scaling: use bfloat16
+there rather than float16. In float32 nothing of this applies and the loop is exactly the plain one.
+`--gradient-checkpointing` checkpoints the modules a method names in `checkpoint` (the trained UNet or
+text encoder) for the duration of the loop.
+
 Batch samplers (torch or numpy seeded, as each method's official DataLoader) live here too.
 """
 from __future__ import annotations
 
+import contextlib
 from dataclasses import dataclass
 from typing import Callable, Literal
 
@@ -26,6 +37,7 @@ import numpy as np
 import torch
 
 from ..errors import UserError
+from ..utils.device import current_runtime
 
 # ---------------------------------------------------------------- parameter selection
 
@@ -138,15 +150,36 @@ def AdamW(lr: float, betas=(0.9, 0.999), eps: float = 1e-8, weight_decay: float 
 
 class FineTune:
     """The fine-tuning loop (see the module docstring). `params`: (name, parameter) pairs or parameters;
-    they are what the optimizer updates. snapshot=True keeps their starting values for `changed`."""
+    they are what the optimizer updates. snapshot=True keeps their starting values for `changed`.
+    `checkpoint`: the models being trained (a UNet, a text encoder): checkpointed when the runtime asks for
+    gradient checkpointing, and in half precision every layer of them that holds a trained parameter keeps
+    all its parameters in float32 (a norm layer whose weight trains but whose bias does not would otherwise
+    mix dtypes inside one operation)."""
 
     def __init__(self, params, optimizer: Optimizer, *, max_grad_norm: float | None = None,
                  lr_schedule: Callable | None = None, backward: Callable | None = None,
                  adjust_gradients: Callable | None = None, after_step: Callable | None = None,
-                 snapshot: bool = False):
+                 snapshot: bool = False, checkpoint=()):
         params = list(params)
         self.named = [p if isinstance(p, tuple) else (str(i), p) for i, p in enumerate(params)]
         self.params = [p for _, p in self.named]
+        runtime = current_runtime()
+        self.amp_dtype = runtime.dtype if runtime.half else None
+        if self.amp_dtype is not None:  # fp32 master weights
+            trained = {id(p) for p in self.params}
+            for model in checkpoint:
+                for layer in model.modules():
+                    own = list(layer.parameters(recurse=False))
+                    if any(id(p) in trained for p in own):
+                        for p in own:
+                            p.data = p.data.float()
+            for p in self.params:
+                if p.dtype in (torch.float16, torch.bfloat16):
+                    p.data = p.data.float()
+        self.device_type = self.params[0].device.type if self.params else "cpu"
+        self.scaler = (torch.amp.GradScaler(self.device_type)
+                       if self.amp_dtype == torch.float16 and backward is None else None)
+        self.checkpoint = list(checkpoint) if runtime.gradient_checkpointing else []
         self.optimizer = optimizer.build(self.params)
         self.schedule = lr_schedule(self.optimizer) if lr_schedule is not None else None
         self.max_grad_norm = max_grad_norm
@@ -156,29 +189,49 @@ class FineTune:
         self.before = {n: p.detach().clone() for n, p in self.named} if snapshot else None
         self.step = 0  # optimizer steps taken so far, over every run()
 
+    def autocast(self):
+        """torch.autocast in the runtime's half dtype (a no-op in float32)."""
+        if self.amp_dtype is None:
+            return contextlib.nullcontext()
+        return torch.autocast(self.device_type, dtype=self.amp_dtype)
+
     def run(self, steps: int, compute_loss: Callable, advance: Callable | None = None) -> None:
         """`steps` calls of compute_loss(i) (i counts from 0 in each run), each followed by an update."""
-        for i in range(steps):
-            out = compute_loss(i)
-            loss, info = out if isinstance(out, tuple) else (out, {})
-            if loss is not None and loss.requires_grad:
-                self.optimizer.zero_grad(set_to_none=True)
-                if self.backward is not None:
-                    self.backward(loss)
-                else:
-                    loss.backward()
-                if self.adjust_gradients is not None:
-                    self.adjust_gradients()
-                if self.max_grad_norm is not None:
-                    torch.nn.utils.clip_grad_norm_(self.params, self.max_grad_norm)
-                self.optimizer.step()
-                if self.schedule is not None:
-                    self.schedule.step()
-                self.step += 1
-            if self.after_step is not None:
-                self.after_step(i)
-            if advance is not None:
-                advance(1, **({} if loss is None else {"loss": float(loss.detach())}), **info)
+        with _checkpointing(self.checkpoint):
+            for i in range(steps):
+                with self.autocast():
+                    out = compute_loss(i)
+                loss, info = out if isinstance(out, tuple) else (out, {})
+                if loss is not None and loss.requires_grad:
+                    self._update(loss)
+                if self.after_step is not None:
+                    with self.autocast():
+                        self.after_step(i)
+                if advance is not None:
+                    advance(1, **({} if loss is None else {"loss": float(loss.detach())}), **info)
+
+    def _update(self, loss) -> None:
+        self.optimizer.zero_grad(set_to_none=True)
+        if self.backward is not None:
+            with self.autocast():
+                self.backward(loss)
+        elif self.scaler is not None:
+            self.scaler.scale(loss).backward()
+            self.scaler.unscale_(self.optimizer)
+        else:
+            loss.backward()
+        if self.adjust_gradients is not None:
+            self.adjust_gradients()
+        if self.max_grad_norm is not None:
+            torch.nn.utils.clip_grad_norm_(self.params, self.max_grad_norm)
+        if self.scaler is not None:
+            self.scaler.step(self.optimizer)  # skipped when the gradients hold inf/nan
+            self.scaler.update()
+        else:
+            self.optimizer.step()
+        if self.schedule is not None:
+            self.schedule.step()
+        self.step += 1
 
     # ---- what changed ----------------------------------------------------------------------------------------
 
@@ -196,9 +249,39 @@ class FineTune:
 
 
 def changed_tensors(named_params, before: dict, component: str = "unet") -> dict:
-    """{"<component>.<name>": tensor} for the parameters whose value moved from `before[name]`."""
+    """{"<component>.<name>": tensor} for the parameters whose value moved from `before[name]` (compared in
+    float32, so a float32 master weight is compared with its float16/bfloat16 original exactly)."""
     return {f"{component}.{n}": p.detach().cpu().clone() for n, p in named_params
-            if not torch.equal(p.detach().cpu(), before[n].detach().cpu())}
+            if not torch.equal(_f32(p), _f32(before[n]))}
+
+
+def _f32(t: torch.Tensor) -> torch.Tensor:
+    t = t.detach().cpu()
+    return t if t.dtype in (torch.float32, torch.float64) else t.float()
+
+
+@contextlib.contextmanager
+def _checkpointing(modules):
+    """Gradient checkpointing on `modules` (diffusers or transformers models) for the duration of the block."""
+    done = []
+    try:
+        for m in modules:
+            if hasattr(m, "enable_gradient_checkpointing"):  # diffusers ModelMixin
+                m.enable_gradient_checkpointing()
+                done.append((m, m.disable_gradient_checkpointing, None))
+            elif hasattr(m, "gradient_checkpointing_enable"):  # transformers: only active in train mode
+                was = m.training
+                m.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+                m.train()  # CLIP text encoders have no dropout (p = 0), so train mode computes the same
+                done.append((m, m.gradient_checkpointing_disable, was))
+            else:
+                raise UserError(f"--gradient-checkpointing: a {type(m).__name__} cannot be checkpointed")
+        yield
+    finally:
+        for m, disable, was in done:
+            disable()
+            if was is not None:
+                m.train(was)
 
 
 # ---------------------------------------------------------------- batch samplers

@@ -138,5 +138,5 @@ class UCE(Eraser):
             V = Y.float().cpu() @ W.T  # v* = W a
             W_new = solvers[p.reads](W, V)
             p.linear.weight.copy_(W_new.to(p.linear.weight.dtype))
-            changed[f"{a.component}.{p.name}.weight"] = p.linear.weight.detach().cpu().clone()
+            changed[f"{a.component}.{p.name}.weight"] = W_new.clone()  # the float32 solution, whatever the model's dtype
         return changed

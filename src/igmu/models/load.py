@@ -67,8 +67,15 @@ def _has_safety_checker(where: str) -> bool:
         return True
 
 
-def load_pipeline(spec: str, device: str = "cpu", dtype=None):
-    """A diffusers DiffusionPipeline for text-to-image, with the progress bar off and no safety checker."""
+def load_pipeline(spec: str, device="cpu", dtype=None):
+    """A diffusers DiffusionPipeline for text-to-image, with the progress bar off and no safety checker.
+
+    Every component is loaded in `dtype` (default float32) whatever dtype its weights were saved in (left
+    alone, transformers keeps a text encoder saved in float16 in float16 while diffusers loads the UNet in
+    float32, and sampling fails on the mix), then moved to `device`. Attention runs through PyTorch's
+    scaled_dot_product_attention (diffusers' AttnProcessor2_0 and transformers' "sdpa", both the defaults).
+    """
+    import torch
     from diffusers import DiffusionPipeline
     from diffusers.utils import logging as diffusers_logging
     from transformers.utils import logging as transformers_logging
@@ -77,9 +84,7 @@ def load_pipeline(spec: str, device: str = "cpu", dtype=None):
     transformers_logging.disable_progress_bar()
 
     where = resolve_model(spec)
-    kwargs = {}
-    if dtype is not None:
-        kwargs["torch_dtype"] = dtype
+    kwargs = {"dtype": torch.float32 if dtype is None else dtype}
     if _has_safety_checker(where):  # SD 1.x/2.x: no safety checker (SDXL, SD3, FLUX have none to switch off)
         kwargs.update(safety_checker=None, requires_safety_checker=False)
     try:
@@ -95,6 +100,6 @@ def load_pipeline(spec: str, device: str = "cpu", dtype=None):
         if getattr(pipe, name, None) is None:
             raise UserError(f"{spec!r} is not a text-to-image diffusion pipeline igmu can drive (it has no {name})")
     pipe.set_progress_bar_config(disable=True)
-    if device != "cpu":
+    if str(device) != "cpu":
         pipe.to(device)
     return pipe

@@ -22,3 +22,20 @@ def peak_rss_mb() -> float:
         pass
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     return peak / 2**20 if sys.platform == "darwin" else peak / 1024
+
+
+def reset_peak_gpu(device) -> None:
+    """Start counting this process's peak GPU memory on `device` from now (no-op off CUDA)."""
+    import torch
+
+    if getattr(device, "type", str(device)).startswith("cuda"):
+        torch.cuda.reset_peak_memory_stats(device)
+
+
+def peak_gpu_mb(device) -> float | None:
+    """Peak GPU memory allocated by torch on `device` since reset_peak_gpu, in MiB (None off CUDA)."""
+    import torch
+
+    if not getattr(device, "type", str(device)).startswith("cuda"):
+        return None
+    return torch.cuda.max_memory_allocated(device) / 2**20
