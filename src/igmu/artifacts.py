@@ -31,13 +31,23 @@ SAMPLING_VERSION = 2  # artifacts with a "sampling" spec (inference-time methods
 READS_UP_TO = 2
 
 
+def _read_manifest(path) -> dict:
+    """manifest.json of an artifact folder, through the validation layer (UTF-8, size, depth, no NaN)."""
+    from .utils.validate import load_json
+
+    m = load_json(Path(path) / "manifest.json", "artifact manifest")
+    if not isinstance(m, dict):
+        raise UserError(f"artifact manifest {Path(path) / 'manifest.json'} is not a mapping")
+    return m
+
+
 def is_artifact(path) -> bool:
     p = Path(path) / "manifest.json"
     if not p.is_file():
         return False
     try:
-        return json.loads(p.read_text()).get("format") == FORMAT
-    except (OSError, json.JSONDecodeError):
+        return _read_manifest(path).get("format") == FORMAT
+    except UserError:
         return False
 
 
@@ -60,7 +70,7 @@ def load_artifact(path) -> tuple[dict, dict]:
     p = Path(path)
     if not is_artifact(p):
         raise UserError(f"{path} is not an igmu artifact (no manifest.json of format {FORMAT})")
-    manifest = json.loads((p / "manifest.json").read_text())
+    manifest = _read_manifest(p)
     if manifest.get("version", 0) > READS_UP_TO:
         raise UserError(f"artifact {path} has version {manifest['version']}; this igmu reads up to {READS_UP_TO}")
     return manifest, load_file(str(p / "weights.safetensors"))

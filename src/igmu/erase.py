@@ -18,7 +18,7 @@ def run_erase(model: str, method_name: str, targets: list[str], anchor: str | No
     from .methods import get_method, sampler_for
     from .methods.base import EraseRequest, parse_config
     from .models.load import model_hash, resolve_model
-    from .utils.io import check_writable_dir
+    from .utils.io import check_out
     from .utils.versions import versions
 
     method = get_method(method_name)
@@ -29,10 +29,7 @@ def run_erase(model: str, method_name: str, targets: list[str], anchor: str | No
         raise UserError("no --target given; name the concept to erase, e.g. --target \"circle\"")
     if len(targets) > 1 and not method.multi_concept:
         raise UserError(f"method {method.name} erases one concept at a time; give one --target")
-    out = Path(out)
-    if out.exists() and (not out.is_dir() or (any(out.iterdir()) and not is_artifact(out))):
-        raise UserError(f"--out {out} exists and is not an igmu artifact; choose a new folder")
-    check_writable_dir(out.parent)
+    out = check_out(out, is_artifact, "igmu artifact")
     where = resolve_model(model)
     pipe = load_model(model)
     req = EraseRequest(targets=targets, anchor=anchor, preserve=[p.strip() for p in preserve or []])

@@ -1,8 +1,16 @@
 """Seeded, batched image generation from any Stable-Diffusion-style pipeline.
 
 Image j of prompt i starts from noise drawn with its own generator seeded
-`seed + j`, so the same (prompt, seed, model, settings) always gives the same
-image, whatever else is in the batch.
+`seed + j`: its initial noise does not depend on the batch. The image itself
+is a function of (prompt, seed, model, settings, UNet batch size): batched CPU
+kernels sum in an order that depends on the batch size, so the same prompt and
+seed at `--batch-size 1` and at a larger batch can differ by float rounding (a
+pixel value off by one; scripts/batch_identity.py, figures in docs/hardening.md).
+With the same batch size, torch build, thread count and hardware, an image is
+bitwise reproducible on CPU, whatever the other prompts in its batch. The
+batch size an image was made in is recorded with it (`batch_size` in
+generations.jsonl; the last batch of a run may be smaller), and the evaluation
+cache keys images on it.
 
 A pipeline loaded from an inference-time artifact (artifacts.load_model) carries
 that method's sampling hook, `pipe.igmu_sampler`, found through the method
@@ -25,6 +33,13 @@ from .errors import UserError
 DEFAULT_STEPS = 20
 DEFAULT_GUIDANCE = 5.0
 DEFAULT_BATCH = 64
+# Documented bounds of the generation options (the CLI help shows them; validated in GenSettings.validate and
+# run_generate): more steps than a scheduler's 1,000 training steps are meaningless; guidance scales in use are
+# 1-20 (SD's default 7.5), and far larger ones overflow the latents; images per prompt and batch size bound memory.
+MAX_STEPS = 1000
+MAX_GUIDANCE = 100.0
+MAX_BATCH = 4096
+MAX_IMAGES_PER_PROMPT = 10_000
 
 
 @dataclass
@@ -36,10 +51,15 @@ class GenSettings:
     negative_prompt: str | None = None
 
     def validate(self):
-        if self.steps < 1 or self.steps > 1000:
-            raise UserError(f"--steps must be between 1 and 1000, got {self.steps}")
-        if self.guidance < 0:
-            raise UserError(f"--guidance must be >= 0, got {self.guidance}")
+        from .utils.validate import check_float, check_int
+
+        check_int(self.steps, "--steps", 1, MAX_STEPS)
+        check_float(self.guidance, "--guidance", 0.0, MAX_GUIDANCE)
+        for name, v in (("--height", self.height), ("--width", self.width)):
+            if v is not None:
+                check_int(v, name, 8, 4096)
+        if self.negative_prompt is not None and not isinstance(self.negative_prompt, str):
+            raise UserError("--negative-prompt must be text")
 
 
 def initial_noise(pipe, seed: int, height: int, width: int) -> torch.Tensor:
@@ -87,16 +107,12 @@ def generate_images(pipe, prompts: list[str], seeds: list[int], settings: GenSet
 
 
 def read_prompt_file(path: str) -> list[str]:
-    p = Path(path)
-    if not p.is_file():
-        raise UserError(f"prompt file {path} does not exist")
-    text = p.read_text(encoding="utf-8", errors="strict")
-    if p.suffix == ".json":
-        try:
-            data = json.loads(text)
-        except json.JSONDecodeError as e:
-            raise UserError(f"prompt file {path} is not valid JSON ({e.msg} at line {e.lineno})") from None
-        prompts = _flatten(data)
+    """Prompts from a UTF-8 text file (one a line; # comments) or DataIGM JSON ({task: {group: [prompt]}})."""
+    from .utils.validate import parse_json, read_text
+
+    text = read_text(path, "prompt file")
+    if Path(path).suffix == ".json":
+        prompts = _flatten(parse_json(text, f"prompt file {path}"))
     else:
         prompts = [ln.strip() for ln in text.splitlines() if ln.strip() and not ln.lstrip().startswith("#")]
     if not prompts:
@@ -105,13 +121,16 @@ def read_prompt_file(path: str) -> list[str]:
 
 
 def _flatten(data) -> list[str]:
-    if isinstance(data, str):
-        return [data] if data.strip() else []
-    if isinstance(data, list):
-        return [p for x in data for p in _flatten(x)]
-    if isinstance(data, dict):
-        return [p for v in data.values() for p in _flatten(v)]
-    return []
+    """Every non-empty string in nested lists and dicts (values), in order; iterative (depth is bounded on load)."""
+    out, stack = [], [data]
+    while stack:
+        x = stack.pop()
+        if isinstance(x, str):
+            if x.strip():
+                out.append(x)
+        elif isinstance(x, (list, dict)):
+            stack.extend(reversed(list(x.values()) if isinstance(x, dict) else x))
+    return out
 
 
 def run_generate(model: str, prompts: list[str], n: int, seed: int, settings: GenSettings, out: Path,
@@ -120,20 +139,18 @@ def run_generate(model: str, prompts: list[str], n: int, seed: int, settings: Ge
     from PIL import Image
 
     from .artifacts import load_model
-    from .utils.io import atomic_dir, check_writable_dir
+    from .utils.io import atomic_dir, check_out
 
-    if n < 1:
-        raise UserError(f"-n must be at least 1, got {n}")
-    if batch_size < 1:
-        raise UserError(f"--batch-size must be at least 1, got {batch_size}")
+    from .utils.validate import check_int, check_seed
+
+    check_int(n, "-n", 1, MAX_IMAGES_PER_PROMPT)
+    check_int(batch_size, "--batch-size", 1, MAX_BATCH)
+    check_seed(seed, "--seed", n)
     prompts = [p.strip() for p in prompts]
     if not prompts or any(not p for p in prompts):
         raise UserError("empty prompt; give a non-empty --prompt or a --prompts file")
     settings.validate()
-    out = Path(out)
-    if out.exists() and out.is_dir() and any(out.iterdir()) and not (out / "generations.jsonl").exists():
-        raise UserError(f"--out {out} is a non-empty folder that igmu did not write; choose an empty or new folder")
-    check_writable_dir(out.parent if not out.exists() else out)
+    out = check_out(out, lambda o: (o / "generations.jsonl").is_file(), "igmu generation folder")
     pipe = load_model(model)
     h, w = _size(pipe, settings)
     pairs = [(i, p, j) for i, p in enumerate(prompts) for j in range(n)]
@@ -142,11 +159,12 @@ def run_generate(model: str, prompts: list[str], n: int, seed: int, settings: Ge
                            batch_size, progress)
     with atomic_dir(out) as tmp:
         (tmp / "images").mkdir()
-        with open(tmp / "generations.jsonl", "w") as f:
-            for (i, p, j), img in zip(pairs, imgs):
+        with open(tmp / "generations.jsonl", "w", encoding="utf-8") as f:
+            for idx, ((i, p, j), img) in enumerate(zip(pairs, imgs)):
                 name = f"images/{i:04d}_{j:03d}.png"
                 Image.fromarray(img).save(tmp / name)
                 rec = {"prompt": p, "prompt_index": i, "seed": seed + j, "model": model, "file": name,
-                       "height": h, "width": w, **{k: v for k, v in asdict(settings).items() if k not in ("height", "width")}}
-                f.write(json.dumps(rec) + "\n")
+                       "height": h, "width": w, **{k: v for k, v in asdict(settings).items() if k not in ("height", "width")},
+                       "batch_size": min(batch_size, len(pairs) - idx // batch_size * batch_size)}
+                f.write(json.dumps(rec, allow_nan=False) + "\n")
     return out

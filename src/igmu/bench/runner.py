@@ -132,13 +132,10 @@ def _clean_stale(bdir: Path) -> None:
 
 def prepare(config: Path, out: Path) -> tuple[BenchConfig, dict, list[dict]]:
     from ..utils.versions import versions as _versions
-    from ..utils.io import atomic_path, check_writable_dir
+    from ..utils.io import atomic_path, check_out
 
     cfg, raw = load_config(config)
-    out = Path(out)
-    if out.exists() and (not out.is_dir() or (any(out.iterdir()) and not (out / "bench.json").is_file())):
-        raise UserError(f"--out {out} exists and is not an igmu bench folder; choose a new folder")
-    check_writable_dir(out.parent if not out.exists() else out)
+    out = check_out(out, lambda o: (o / "bench.json").is_file(), "igmu bench folder")  # rerun: resume
     out.mkdir(parents=True, exist_ok=True)
     _clean_stale(out)
     cells = plan_cells(cfg, Path(config).parent)

@@ -84,6 +84,24 @@ def check_aspects(aspects: list[str]) -> list[str]:
     return list(dict.fromkeys(aspects))
 
 
+def eval_seed_span(task) -> int:
+    """How many seeds an evaluation derives from --seed: seed + j for image j of a prompt, and UnlearnDiffAtk's
+    seed + 1000 * i for attacked prompt i (attacks/unlearndiffatk.py)."""
+    return max(task.images_per_prompt, 1000 * task.attack.prompts, 1)
+
+
+def check_eval_specs(cfg: EvalConfig, task, models: dict) -> None:
+    """What evaluate() decides before it generates anything, done at once: the metric networks' specs resolve
+    and the judges load. For configs that run later (a bench config is checked before its first erasure)."""
+    from .judges import get_judge
+
+    metric_specs(check_aspects(cfg.aspects), task, cfg, models, False)
+    get_judge(resolve_judge(cfg.judge or task.judge, cfg.clip))
+    cj = cfg.carrier_judge or task.carrier_judge
+    if cj:
+        get_judge(resolve_judge(cj, cfg.clip))
+
+
 class _Models:
     """Lazily loaded pipelines and the image source for each role, through the cache."""
 

@@ -22,7 +22,6 @@ from typing import ClassVar, Protocol
 
 import numpy as np
 
-import yaml
 from pydantic import BaseModel, ConfigDict, ValidationError
 
 from ..diffusion.arch import FAMILIES as FAMILY_LABELS
@@ -129,26 +128,25 @@ def get_method(name: str) -> Eraser:
 
 def parse_config(method: Eraser, config_file: str | None = None, sets: list[str] | None = None) -> MethodConfig:
     """Defaults <- YAML file <- key=value overrides; unknown keys and bad values are one-line errors."""
+    from ..utils.validate import load_mapping, parse_yaml, read_text
+
     values: dict = {}
     if config_file:
-        try:
-            with open(config_file) as f:
-                loaded = yaml.safe_load(f) or {}
-        except OSError as e:
-            raise UserError(f"cannot read --config {config_file}: {e.strerror}") from None
-        except yaml.YAMLError as e:
-            raise UserError(f"--config {config_file} is not valid YAML: {str(e).splitlines()[0]}") from None
-        if not isinstance(loaded, dict):
-            raise UserError(f"--config {config_file} must be a mapping of option: value")
+        if not read_text(config_file, "--config").strip():
+            loaded = {}  # an empty file: the defaults
+        else:
+            loaded = load_mapping(config_file, "--config")
         values.update(loaded)
     for s in sets or []:
         if "=" not in s:
             raise UserError(f"--set takes key=value, got {s!r}")
         k, v = s.split("=", 1)
         try:
-            values[k.strip()] = yaml.safe_load(v)
-        except yaml.YAMLError:  # not a YAML scalar (e.g. "{} and {}"): take it as a plain string
-            values[k.strip()] = v
+            values[k.strip()] = parse_yaml(v, f"--set {k.strip()}")
+        except UserError as e:
+            if "is not valid YAML" not in str(e):  # too deep, too large or non-finite: refused
+                raise
+            values[k.strip()] = v  # not a YAML scalar (e.g. "{} and {}"): take it as a plain string
     fields = method.Config.model_fields
     unknown = [k for k in values if k not in fields]
     if unknown:

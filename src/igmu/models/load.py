@@ -31,10 +31,10 @@ def resolve_model(spec: str) -> str:
         idx = p / "model_index.json"
         if not idx.is_file():
             raise UserError(f"--model {spec} is not a diffusers pipeline folder (no model_index.json in it)")
-        try:
-            json.loads(idx.read_text())
-        except (OSError, json.JSONDecodeError) as e:
-            raise UserError(f"--model {spec}: model_index.json is unreadable ({e})") from None
+        from ..utils.validate import load_json
+
+        if not isinstance(load_json(idx, f"--model {spec}: model_index.json"), dict):
+            raise UserError(f"--model {spec}: model_index.json is not a mapping")
         return str(p)
     if _HUB_ID.match(spec) and not spec.startswith((".", "/", "~")):
         return spec  # a hub id: tried by from_pretrained, offline-safe error below
