@@ -10,7 +10,9 @@ files, deep JSON, YAML bombs and Python tags, pickles, truncated safetensors, fo
 place, seeds past 2**63-1, non-finite and out-of-range numbers, hostile results for `igmu report`, ...) and
 generated (a seeded random mix of options and hostile values per command). A case passes when it ends
 
-- in exit 0 with valid output: every JSON/JSONL file it wrote parses as strict JSON (no NaN/Infinity),
+- in exit 0 with valid output: every JSON/JSONL file it wrote parses as strict JSON (no NaN/Infinity; a
+  diffusers/transformers *config.json inside a pipeline folder is only parsed: diffusers itself writes the
+  scheduler's default "lambda_min_clipped": -Infinity),
   every safetensors file loads with finite tensors, every PNG decodes; or
 - in exit 2 with exactly one line on stderr, starting "error: ", and no traceback;
 
@@ -101,7 +103,7 @@ def build_corpus(root: Path) -> dict[str, Path]:
     put("comments.txt", "# only a comment\n\n   \n")
     put("crlf.txt", b"a red circle on a dark background\r\n")
     put("bom.txt", "\ufeffa red circle on a dark background\n")
-    put("long-line.txt", "circle " * 30_000)
+    put("long-line.txt", "circle " * 30_000)  # 210,000 characters on one line
     put("deep.json", "[" * 100_000 + "]" * 100_000)
     put("deep-obj.json", '{"a":' * 50_000 + "1" + "}" * 50_000)
     put("nan.json", '{"a": NaN, "b": [Infinity]}')
@@ -288,6 +290,24 @@ def written_cases(root: Path, f: dict[str, Path], fixtures: dict[str, Path]) -> 
     for k in ["binary.bin", "deep.json", "nan.json", "list.json", "string.json", "truncated.json", "pickle.json",
               "empty.txt", "big.txt"]:
         add(f"export manifest {k}", "export", fixtures[f"manifest:{k}"], "--out", out())
+    for k in ARTIFACT_VARIANTS:
+        add(f"export artifact {k}", "export", fixtures[f"artifact:{k}"], "--out", out())
+        add(f"generate --model artifact {k}", "generate", "--model", fixtures[f"artifact:{k}"], "--prompt", "x",
+            "-n", "1", "--steps", "1", "--out", out())
+    o = out()
+    add("export artifact base-hash mismatch --force (warns)", "export", fixtures["artifact:base hash mismatch"],
+        "--out", o, "--force", outs=[o])
+    for k in ("nan", "pickled text encoder"):
+        add(f"generate --model {k} pipeline", "generate", "--model", fixtures[f"pipe:{k}"], "--prompt", "x",
+            "--out", out())
+        add(f"erase --model {k} pipeline", "erase", "--model", fixtures[f"pipe:{k}"], "--method", "uce",
+            "--target", "circle", "--out", out())
+    tiny = fixtures["pipe:tiny"]
+    for s_ in ["lr=1e308", "lr=1e30", "lr=.inf", "iterations=1000000000", "sample_steps=100000", "seed=-1",
+               f"seed={2 ** 64}", "negative_guidance=-1"]:
+        add(f"erase esd on a tiny pipeline --set {s_}", "erase", "--model", tiny, "--method", "esd", "--target",
+            "circle", "--set", "iterations=3", "--set", "sample_steps=2", "--set", s_, "--out", out())
+    add("erase --model an artifact", "erase", "--model", art, "--method", "uce", "--target", "circle", "--out", out())
     # evaluate
     ev = ["evaluate", "--unlearned", str(art)]
     for k in YAML_FILES:
@@ -549,8 +569,106 @@ def build_fixtures(root: Path, f: dict[str, Path]) -> dict[str, Path]:
         os.link(f[k], d / "manifest.json") if k == "big.txt" else (d / "manifest.json").write_bytes(f[k].read_bytes())
         (d / "weights.safetensors").write_bytes((art / "weights.safetensors").read_bytes())
         x[f"manifest:{k}"] = d
+    x.update(_artifact_variants(root, art))
+    x.update(_pipelines(root))
     x.update(report_fixtures(root / "benches", f))
     return x
+
+
+ARTIFACT_VARIANTS = ["manifest a list", "no base_model", "base_model 5", "version '1'", "version 99",
+                     "base_model itself", "base_model another artifact", "targets empty", "cost missing",
+                     "weights truncated", "weights missing", "weights a pickle", "weights empty",
+                     "key without a dot", "key config.x", "key __class__.x", "unknown component", "wrong shape",
+                     "nan tensor", "int tensor", "base hash mismatch"]
+
+
+def _artifact_variants(root: Path, art: Path) -> dict[str, Path]:
+    import shutil
+
+    import torch
+    from safetensors.torch import load_file, save
+
+    out = {}
+    m0 = json.loads((art / "manifest.json").read_text())
+    t0 = load_file(str(art / "weights.safetensors"))
+    k0 = next(iter(t0))
+
+    def renamed(new):
+        return save({new if k == k0 else k: v for k, v in t0.items()})
+
+    for name in ARTIFACT_VARIANTS:
+        d = root / "artifact-variants" / name.replace(" ", "-").replace("'", "")
+        shutil.copytree(art, d)
+        m, w = dict(m0), None
+        if name == "manifest a list":
+            m = [m0]
+        elif name == "no base_model":
+            m.pop("base_model")
+        elif name == "base_model 5":
+            m["base_model"] = 5
+        elif name == "version '1'":
+            m["version"] = "1"
+        elif name == "version 99":
+            m["version"] = 99
+        elif name == "base_model itself":
+            m["base_model"] = str(d)
+        elif name == "base_model another artifact":
+            m["base_model"] = str(art)
+        elif name == "targets empty":
+            m["targets"] = []
+        elif name == "cost missing":
+            m.pop("cost")
+        elif name == "base hash mismatch":
+            m["base_model_hash"] = "0" * 64
+        elif name == "weights truncated":
+            w = (art / "weights.safetensors").read_bytes()[:-64]
+        elif name == "weights a pickle":
+            w = pickle.dumps({"x": 1})
+        elif name == "weights empty":
+            w = b""
+        elif name == "key without a dot":
+            w = renamed("unetweight")
+        elif name == "key config.x":
+            w = renamed("config.x")
+        elif name == "key __class__.x":
+            w = renamed("__class__.x")
+        elif name == "unknown component":
+            w = renamed("textencoder9.a.weight")
+        elif name == "wrong shape":
+            w = save({k: v[:1] for k, v in t0.items()})
+        elif name == "nan tensor":
+            w = save({k: v * float("nan") for k, v in t0.items()})
+        elif name == "int tensor":
+            w = save({k: v.to(torch.int64) for k, v in t0.items()})
+        (d / "manifest.json").write_text(json.dumps(m))
+        if name == "weights missing":
+            (d / "weights.safetensors").unlink()
+        elif w is not None:
+            (d / "weights.safetensors").write_bytes(w)
+        out[f"artifact:{name}"] = d
+    return out
+
+
+def _pipelines(root: Path) -> dict[str, Path]:
+    """A tiny SD1-style pipeline, the same with one NaN weight, and the same with a pickled text encoder."""
+    import shutil
+
+    import torch
+
+    from igmu.models.tiny import make_tiny_pipeline
+
+    tiny = root / "pipes" / "tiny"
+    pipe = make_tiny_pipeline("sd1")
+    pipe.save_pretrained(str(tiny))
+    with torch.no_grad():
+        next(pipe.unet.parameters()).view(-1)[0] = float("nan")
+    pipe.save_pretrained(str(root / "pipes" / "nan"))
+    pk = root / "pipes" / "pickled"
+    shutil.copytree(tiny, pk)
+    for f in (pk / "text_encoder").glob("*.safetensors"):
+        f.unlink()
+    torch.save({"x": _Marker(str(root / "PICKLE_EXECUTED"))}, pk / "text_encoder" / "pytorch_model.bin")
+    return {"pipe:tiny": tiny, "pipe:nan": root / "pipes" / "nan", "pipe:pickled text encoder": pk}
 
 
 def _results(task="t", seed=0) -> dict:
@@ -633,7 +751,11 @@ def _valid_output(paths: list[str]) -> str:
             return f"{base}: nothing written"
         for p in files:
             try:
-                if p.suffix == ".json":
+                if p.suffix == ".json" and p.name.endswith("config.json"):
+                    # a library's own config inside a pipeline folder: diffusers writes e.g. the scheduler's
+                    # "lambda_min_clipped": -Infinity (its default), and reads it back; not igmu's output
+                    json.loads(p.read_text(encoding="utf-8"))
+                elif p.suffix == ".json":
                     json.loads(p.read_text(encoding="utf-8"), parse_constant=_no_constant)
                 elif p.suffix == ".jsonl":
                     for line in p.read_text(encoding="utf-8").splitlines():

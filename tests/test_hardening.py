@@ -239,3 +239,169 @@ def test_generations_record_the_batch_size_each_image_was_made_in(tmp_path):
     assert r.exit_code == 0, r.output
     recs = [json.loads(x) for x in (tmp_path / "g" / "generations.jsonl").read_text().splitlines()]
     assert [x["batch_size"] for x in recs] == [2, 2, 1]
+
+
+# --- phase B: artifact integrity ------------------------------------------------------------------------------------
+
+def _variant(artifact, tmp_path, name, manifest=None, weights=None):
+    """A copy of `artifact` with its manifest changed by `manifest(m)` or its weights file replaced by bytes."""
+    import shutil
+
+    d = tmp_path / name
+    shutil.copytree(artifact, d)
+    if manifest is not None:
+        m = json.loads((d / "manifest.json").read_text())
+        (d / "manifest.json").write_text(json.dumps(manifest(m)))
+    if weights is not None:
+        if weights == "missing":
+            (d / "weights.safetensors").unlink()
+        else:
+            (d / "weights.safetensors").write_bytes(weights(d / "weights.safetensors"))
+    return d
+
+
+def _retensor(transform):
+    """weights(path) -> bytes: the artifact's tensors saved again after transform(dict)."""
+    def make(path):
+        from safetensors.torch import load_file, save
+
+        return save(transform(load_file(str(path))))
+    return make
+
+
+def _first_key_renamed(new):
+    return _retensor(lambda t: {new if i == 0 else k: v for i, (k, v) in enumerate(t.items())})
+
+
+@pytest.mark.parametrize("name, manifest, weights, needle", [
+    ("list", lambda m: [m], None, "manifest.json is not a mapping"),
+    ("no-base", lambda m: {k: v for k, v in m.items() if k != "base_model"}, None, "missing field 'base_model'"),
+    ("base-5", lambda m: {**m, "base_model": 5}, None, "bad value for 'base_model'"),
+    ("version-str", lambda m: {**m, "version": "1"}, None, "bad value for 'version'"),
+    ("version-3", lambda m: {**m, "version": 3}, None, "this igmu reads up to 2"),
+    ("cost-nan-str", lambda m: {**m, "cost": {**m["cost"], "params_changed": "many"}}, None, "cost.params_changed"),
+    ("truncated", None, lambda p: p.read_bytes()[:-100], "not a readable safetensors file"),
+    ("pickle", None, lambda p: __import__("pickle").dumps({"a": 1}), "not a readable safetensors file"),
+    ("missing", None, "missing", "has no weights.safetensors"),
+    ("no-dot", None, _first_key_renamed("unetweight"), "is not <component>.<parameter>"),
+    ("dunder", None, _first_key_renamed("__class__.x"), "is not <component>.<parameter>"),
+    ("config", None, _first_key_renamed("config.x"), "not a model component of this pipeline"),
+    ("unknown-component", None, _first_key_renamed("textencoder9.x.weight"), "not a model component"),
+    ("wrong-shape", None, _retensor(lambda t: {k: v[:1] for k, v in t.items()}), "does not fit this model"),
+    ("nan-tensor", None, _retensor(lambda t: {k: v * float("nan") for k, v in t.items()}), "non-finite values"),
+])
+def test_damaged_artifacts_are_one_line(artifact, tmp_path, name, manifest, weights, needle):
+    d = _variant(artifact, tmp_path, name, manifest, weights)
+    clean_error(run("generate", "--model", d, "--prompt", "a circle", "-n", "1", "--steps", "1",
+                    "--out", tmp_path / "g"), needle)
+    clean_error(run("export", d, "--out", tmp_path / "m"), needle)
+    assert not (tmp_path / "g").exists() and not (tmp_path / "m").exists()
+
+
+def test_artifact_based_on_itself_or_on_another_artifact_is_one_line(artifact, tmp_path):
+    selfref = _variant(artifact, tmp_path, "self", lambda m: m)
+    m = json.loads((selfref / "manifest.json").read_text())
+    (selfref / "manifest.json").write_text(json.dumps({**m, "base_model": str(selfref)}))
+    clean_error(run("export", selfref, "--out", tmp_path / "m"), "is itself an igmu artifact")
+    chained = _variant(artifact, tmp_path, "chain", lambda m: {**m, "base_model": str(selfref)})
+    clean_error(run("generate", "--model", chained, "--prompt", "x", "--out", tmp_path / "g"),
+                "is itself an igmu artifact")
+
+
+def test_base_fingerprint_mismatch_is_refused_unless_forced(artifact, tmp_path):
+    mismatch = _variant(artifact, tmp_path, "other-base", lambda m: {**m, "base_model_hash": "0" * 64})
+    clean_error(run("export", mismatch, "--out", tmp_path / "m"), "pass --force to apply it anyway")
+    r = run("export", mismatch, "--out", tmp_path / "m", "--force")
+    assert r.exit_code == 0, r.output
+    assert "warning: artifact" in r.stderr and "applying it anyway (--force)" in r.stderr
+    assert (tmp_path / "m" / "model_index.json").is_file()
+
+
+# --- phase B: non-finite values are refused ------------------------------------------------------------------------
+
+def test_nonfinite_training_loss_stops_at_its_step_and_names_lr(tiny_sd1, tmp_path):
+    for lr in ("1e308", "1e30"):
+        r = run("erase", "--model", tiny_sd1, "--method", "esd", "--target", "circle", "--set", "iterations=3",
+                "--set", "sample_steps=2", "--set", f"lr={lr}", "--out", tmp_path / "a")
+        clean_error(r, "the training loss became nan at step 2 of 3")
+        assert f"Probably caused by lr={float(lr):g} (default 5e-05)" in r.stderr
+    assert not (tmp_path / "a").exists()
+
+
+def test_nonfinite_changed_tensors_refuse_the_artifact(monkeypatch, tmp_path):
+    """A closed-form method (UCE) whose solve gives NaN: the artifact is not written, and the changed option is
+    named (the loop's loss check does not apply to closed-form edits)."""
+    import igmu.methods.uce as uce
+
+    real = uce.closed_form_edit
+    monkeypatch.setattr(uce, "closed_form_edit", lambda *a, **k: real(*a, **k) * float("nan"))
+    r = run("erase", "--method", "uce", "--target", "circle", "--set", "lamb=3", "--out", tmp_path / "a")
+    clean_error(r, "changed tensors non-finite (NaN or infinite")
+    assert "Probably caused by lamb=3 (default 0.5)" in r.stderr and not (tmp_path / "a").exists()
+
+
+def test_method_options_are_bounded_and_shown(tmp_path):
+    clean_error(run("erase", "--method", "esd", "--target", "circle", "--set", "iterations=1000000000",
+                    "--out", tmp_path / "a"), "less than or equal to 100000")
+    clean_error(run("erase", "--method", "esd", "--target", "circle", "--set", "lr=inf", "--out", tmp_path / "a"),
+                "finite number")
+    clean_error(run("erase", "--method", "esd", "--target", "circle", "--set", "seed=-1", "--out", tmp_path / "a"),
+                "greater than or equal to 0")
+    r = run("methods", "esd")
+    assert r.exit_code == 0 and ">= 1, <= 100,000" in r.output and "> 0, finite" in r.output
+
+
+def test_nan_base_pipeline_is_refused(tiny_sd1, tmp_path):
+    import torch
+
+    from igmu.artifacts import load_model
+
+    pipe = load_model(str(tiny_sd1))
+    with torch.no_grad():
+        next(pipe.unet.parameters()).view(-1)[0] = float("nan")
+    pipe.save_pretrained(str(tmp_path / "nan-pipe"))
+    for cmd in (["erase", "--method", "uce", "--target", "circle"], ["generate", "--prompt", "x"]):
+        clean_error(run(*cmd, "--model", tmp_path / "nan-pipe", "--out", tmp_path / "o"), "has non-finite weights")
+
+
+def test_generation_refuses_nonfinite_latents(tiny_sd1, tmp_path):
+    """Weights that overflow only while sampling (finite on load): no image is written from infinite latents."""
+    import torch
+
+    from igmu.artifacts import load_model
+    from igmu.errors import NonFiniteError
+    from igmu.generate import GenSettings, generate_images
+
+    pipe = load_model(str(tiny_sd1))
+    with torch.no_grad():
+        pipe.unet.conv_out.bias.fill_(3e38)
+    with pytest.raises(NonFiniteError, match="non-finite latents"):
+        generate_images(pipe, ["a circle"], [0], GenSettings(steps=2, guidance=5.0))
+
+
+def test_pickled_text_encoder_never_suggests_weights_only_false(tiny_sd1, tmp_path):
+    import shutil
+
+    import torch
+
+    class Marker:
+        def __reduce__(self):
+            return (open, (str(tmp_path / "PWNED"), "w"))
+
+    bad = tmp_path / "pickled"
+    shutil.copytree(tiny_sd1, bad)
+    for f in (bad / "text_encoder").glob("*.safetensors"):
+        f.unlink()
+    torch.save({"x": Marker()}, bad / "text_encoder" / "pytorch_model.bin")
+    r = run("generate", "--model", bad, "--prompt", "x", "--out", tmp_path / "o")
+    clean_error(r, "igmu never unpickles")
+    assert "weights_only" not in r.stderr and "trust" not in r.stderr and not (tmp_path / "PWNED").exists()
+
+
+def test_results_json_never_holds_nan(tmp_path):
+    from igmu.utils.io import dumps_json, write_json
+
+    write_json(tmp_path / "r.json", {"a": float("nan"), "b": [1.0, float("inf")], "c": {"d": -float("inf")}})
+    text = (tmp_path / "r.json").read_text()
+    assert json.loads(text) == {"a": None, "b": [1.0, None], "c": {"d": None}} and "NaN" not in text
+    assert dumps_json((1, float("nan"))) == "[1, null]"

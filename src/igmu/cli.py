@@ -146,6 +146,8 @@ def generate(
     negative_prompt: Optional[str] = typer.Option(None, "--negative-prompt"),
     batch_size: int = typer.Option(None, "--batch-size", help="Images per UNet batch (1-4096; default 64). Part of "
                                    "an image's identity: other batch sizes may round differently."),
+    force: bool = typer.Option(False, "--force", help="With an artifact as --model: apply it even to a base whose "
+                               "fingerprint differs from the one it was made from (warns)."),
     out: Path = typer.Option(..., "--out", "-o", help="Output folder (PNGs + generations.jsonl)."),
 ):
     """Generate seeded images; writes PNGs and a JSONL of (prompt, seed, settings, file)."""
@@ -159,27 +161,39 @@ def generate(
     s = GenSettings(steps=DEFAULT_STEPS if steps is None else steps,
                     guidance=DEFAULT_GUIDANCE if guidance is None else guidance, negative_prompt=negative_prompt)
     res = run_generate(model, plist, n, seed, s, out, DEFAULT_BATCH if batch_size is None else batch_size,
-                       _progress("generating"))
+                       _progress("generating"), force=force)
     typer.echo(f"wrote {len(plist) * n} images and generations.jsonl to {res}")
 
 
 @app.command()
 @handles_errors
-def methods():
-    """List the unlearning methods: mechanism, what they change, the architectures they run on, source."""
+def methods(name: Optional[str] = typer.Argument(None, help="A method: show its options, defaults and bounds.")):
+    """List the unlearning methods (mechanism, what they change, the architectures they run on, source), or one
+    method's options with their defaults and the bounds `--set` must respect."""
     from rich.console import Console
     from rich.table import Table
 
-    from .methods import REGISTRY
+    from .methods import REGISTRY, get_method
+    from .methods.base import option_table
 
     from .methods.support import COLUMNS, cell
 
+    if name is not None:
+        m = get_method(name)
+        t = Table("option", "type", "default", "bounds", title=f"{m.name}: {m.summary}")
+        for row in option_table(m.Config):
+            t.add_row(*row)
+        Console(width=200).print(t)
+        typer.echo(f"source: {m.source}\nset an option with: igmu erase --method {m.name} --set OPTION=VALUE "
+                   "(or --config FILE.yaml); defaults and their citations: docs/methods.md")
+        return
     t = Table("method", "mechanism", "changes", "multi-concept", "architectures", "source")
-    for name in sorted(REGISTRY):
-        m = REGISTRY[name]
-        runs = [col for col, fam in COLUMNS.items() if cell(name, fam)[0] == "yes"]
-        t.add_row(name, m.summary, m.changes, "yes" if m.multi_concept else "no", ", ".join(runs), m.source)
+    for n in sorted(REGISTRY):
+        m = REGISTRY[n]
+        runs = [col for col, fam in COLUMNS.items() if cell(n, fam)[0] == "yes"]
+        t.add_row(n, m.summary, m.changes, "yes" if m.multi_concept else "no", ", ".join(runs), m.source)
     Console(width=200).print(t)
+    typer.echo("options of one method, with their bounds: igmu methods NAME")
 
 
 @app.command()
@@ -191,7 +205,8 @@ def erase(
     preserve: Optional[List[str]] = typer.Option(None, "--preserve", help="Concept to keep (repeatable)."),
     model: str = typer.Option("mini", "--model", "-m"),
     config: Optional[str] = typer.Option(None, "--config", help="YAML of method options."),
-    set_: Optional[List[str]] = typer.Option(None, "--set", help="Override one option: key=value (repeatable)."),
+    set_: Optional[List[str]] = typer.Option(None, "--set", help="Override one option: key=value (repeatable); "
+                                             "options, defaults and bounds: igmu methods NAME."),
     out: Path = typer.Option(..., "--out", "-o", help="Artifact folder to write."),
 ):
     """Erase concept(s) from a model; writes an artifact (changed weights + manifest)."""
@@ -214,16 +229,13 @@ def export_cmd_top(artifact: Path = typer.Argument(..., help="Artifact folder fr
                    out: Path = typer.Option(..., "--out", "-o", help="Pipeline folder to write (new or empty)."),
                    base: Optional[str] = typer.Option(None, "--base", help="Base model (default: the manifest's)."),
                    overwrite: bool = typer.Option(False, "--overwrite", help="Replace a pipeline that igmu export "
-                                                  "wrote at --out (any other non-empty folder is never replaced).")):
+                                                  "wrote at --out (any other non-empty folder is never replaced)."),
+                   force: bool = typer.Option(False, "--force", help="Apply the artifact even to a base whose "
+                                              "fingerprint differs from the one it was made from (warns).")):
     """Write a merged diffusers pipeline folder (base model + artifact) that plain diffusers loads."""
-    from .artifacts import export_merged, is_artifact
-    from .utils.io import check_out
+    from .artifacts import export_merged
 
-    if not is_artifact(artifact):
-        raise UserError(f"{artifact} is not an igmu artifact (no manifest.json of format igmu-artifact)")
-    check_out(out, lambda o: (o / "igmu_artifact_manifest.json").is_file() and (o / "model_index.json").is_file(),
-              "igmu export (merged pipeline)", overwrite=overwrite)
-    typer.echo(f"merged pipeline written to {export_merged(artifact, out, base)}")
+    typer.echo(f"merged pipeline written to {export_merged(artifact, out, base, overwrite, force)}")
 
 
 judge_app = typer.Typer(no_args_is_help=True, help="Judges: list their cards, train an IGMU-style CLIP head.")

@@ -28,7 +28,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from .errors import UserError
+from .errors import NonFiniteError, UserError
 
 DEFAULT_STEPS = 20
 DEFAULT_GUIDANCE = 5.0
@@ -40,6 +40,7 @@ MAX_STEPS = 1000
 MAX_GUIDANCE = 100.0
 MAX_BATCH = 4096
 MAX_IMAGES_PER_PROMPT = 10_000
+MAX_PROMPT_CHARS = 10_000
 
 
 @dataclass
@@ -95,14 +96,26 @@ def generate_images(pipe, prompts: list[str], seeds: list[int], settings: GenSet
     dtype = adapter_for(pipe).denoiser.dtype
     sample = getattr(pipe, "igmu_sampler", None) or pipeline_images
     out = []
-    for i in range(0, len(prompts), batch_size):
-        ps, ss = prompts[i:i + batch_size], seeds[i:i + batch_size]
-        lat = torch.cat([initial_noise(pipe, s, h, w) for s in ss]).to(dev, dtype)
-        neg = [settings.negative_prompt] * len(ps) if settings.negative_prompt else None
-        images = sample(pipe, ps, neg, lat, settings.steps, settings.guidance, h, w)
-        out.append((np.asarray(images) * 255).round().clip(0, 255).astype(np.uint8))
-        if progress:
-            progress(len(ps))
+    bad: list = []  # the VAE decoder saw non-finite latents (the plain pipeline clamps +-inf to white or black)
+    decoder = getattr(pipe.vae, "decoder", None)
+    watch = decoder.register_forward_pre_hook(
+        lambda _m, args: bad.append(1) if not bool(torch.isfinite(args[0]).all()) else None) if decoder else None
+    try:
+        for i in range(0, len(prompts), batch_size):
+            ps, ss = prompts[i:i + batch_size], seeds[i:i + batch_size]
+            lat = torch.cat([initial_noise(pipe, s, h, w) for s in ss]).to(dev, dtype)
+            neg = [settings.negative_prompt] * len(ps) if settings.negative_prompt else None
+            images = np.asarray(sample(pipe, ps, neg, lat, settings.steps, settings.guidance, h, w))
+            if bad or not np.isfinite(images).all():
+                raise NonFiniteError(f"generation produced non-finite latents (NaN or infinite) for prompt "
+                                     f"{ps[0][:60]!r} (seed {ss[0]}); no image was written. The model's weights "
+                                     f"or the settings (--guidance {settings.guidance:g}) may be the cause")
+            out.append((images * 255).round().clip(0, 255).astype(np.uint8))
+            if progress:
+                progress(len(ps))
+    finally:
+        if watch is not None:
+            watch.remove()
     return np.concatenate(out) if out else np.zeros((0, h, w, 3), np.uint8)
 
 
@@ -134,7 +147,7 @@ def _flatten(data) -> list[str]:
 
 
 def run_generate(model: str, prompts: list[str], n: int, seed: int, settings: GenSettings, out: Path,
-                 batch_size: int = DEFAULT_BATCH, progress_factory=None) -> Path:
+                 batch_size: int = DEFAULT_BATCH, progress_factory=None, force: bool = False) -> Path:
     """Generate n images per prompt into out/ (PNGs + generations.jsonl), atomically."""
     from PIL import Image
 
@@ -149,9 +162,12 @@ def run_generate(model: str, prompts: list[str], n: int, seed: int, settings: Ge
     prompts = [p.strip() for p in prompts]
     if not prompts or any(not p for p in prompts):
         raise UserError("empty prompt; give a non-empty --prompt or a --prompts file")
+    long = next((i for i, p in enumerate(prompts) if len(p) > MAX_PROMPT_CHARS), None)
+    if long is not None:  # text encoders read 77 tokens; a megabyte of prompt only costs tokenizer time
+        raise UserError(f"prompt {long + 1} is {len(prompts[long]):,} characters long; at most {MAX_PROMPT_CHARS:,}")
     settings.validate()
     out = check_out(out, lambda o: (o / "generations.jsonl").is_file(), "igmu generation folder")
-    pipe = load_model(model)
+    pipe = load_model(model, force=force)
     h, w = _size(pipe, settings)
     pairs = [(i, p, j) for i, p in enumerate(prompts) for j in range(n)]
     progress = progress_factory(len(pairs)) if progress_factory else None

@@ -461,16 +461,11 @@ def _attack(models: _Models, J: _Judged, task, cfg: EvalConfig, progress) -> dic
 
 def write_eval_folder(out: Path, res: dict, files: dict[str, str]) -> Path:
     """results.json and the given text files in `out`, atomically; refuses a folder igmu did not write."""
-    import json
+    from ..utils.io import atomic_dir, check_out, dumps_json
 
-    from ..utils.io import atomic_dir, check_writable_dir
-
-    out = Path(out)
-    if out.exists() and (not out.is_dir() or (any(out.iterdir()) and not (out / "results.json").exists())):
-        raise UserError(f"--out {out} exists and is not an igmu evaluation folder; choose a new folder")
-    check_writable_dir(out.parent if not out.exists() else out)
+    out = check_out(out, lambda o: (o / "results.json").is_file(), "igmu evaluation folder")
     with atomic_dir(out) as tmp:
-        (tmp / "results.json").write_text(json.dumps(res, indent=1))
+        (tmp / "results.json").write_text(dumps_json(res, indent=1))  # NaN (a metric of no data) -> null
         for name, text in files.items():
             (tmp / name).write_text(text)
     return out

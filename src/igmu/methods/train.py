@@ -10,7 +10,8 @@ and which tensors changed (what the artifact stores).
     loop.run(cfg.iterations, compute_loss, advance)    # compute_loss(step) -> loss or (loss, {name: value})
     return loop.changed("unet")
 
-A step: compute_loss(step); zero the gradients; backward (or the method's own `backward` hook, e.g.
+A step: compute_loss(step) (a NaN or infinite loss stops the loop at once: NonFiniteError naming the step);
+zero the gradients; backward (or the method's own `backward` hook, e.g.
 DoCo's gradient surgery); the `adjust_gradients` hook (SalUn's saliency mask, ScissorHands' projection);
 clip to max_grad_norm; optimizer step; schedule step; the `after_step` hook (DoCo's discriminator). A step
 whose loss is None, or does not require grad, makes no update (a warm-up step; an empty mask).
@@ -25,7 +26,7 @@ from typing import Callable, Literal
 import numpy as np
 import torch
 
-from ..errors import UserError
+from ..errors import NonFiniteError, UserError
 
 # ---------------------------------------------------------------- parameter selection
 
@@ -161,6 +162,11 @@ class FineTune:
         for i in range(steps):
             out = compute_loss(i)
             loss, info = out if isinstance(out, tuple) else (out, {})
+            if loss is not None and not bool(torch.isfinite(loss.detach()).all()):
+                # stop before an update spreads it into every trained weight (erase.run_erase names the options)
+                v = loss.detach().reshape(-1)
+                raise NonFiniteError(f"the training loss became {v[~torch.isfinite(v)][0].item()} at step {i + 1} "
+                                     f"of {steps}", step=i + 1)
             if loss is not None and loss.requires_grad:
                 self.optimizer.zero_grad(set_to_none=True)
                 if self.backward is not None:

@@ -68,7 +68,7 @@ class Category(_Strict):
 
 
 class PromptRecord(_Strict):
-    prompt: str
+    prompt: str = Field(max_length=10_000)  # generate.MAX_PROMPT_CHARS
     expect: list[str] = Field(default_factory=list)
     stripped: str | None = None
 

@@ -58,9 +58,38 @@ def atomic_dir(final: str | os.PathLike):
             shutil.rmtree(tmp, ignore_errors=True)
 
 
+def finite_json(obj):
+    """`obj` with every NaN or infinite float replaced by None (null): JSON has no NaN or Infinity, and strict
+    readers refuse them. Iterative over lists and dicts."""
+    import math
+
+    def fix(x):
+        return None if isinstance(x, float) and not math.isfinite(x) else x
+
+    root = [obj]
+    stack = [(root, 0)]
+    while stack:
+        parent, key = stack.pop()
+        x = parent[key]
+        if isinstance(x, dict):
+            x = parent[key] = dict(x)
+            stack.extend((x, k) for k in x)
+        elif isinstance(x, (list, tuple)):
+            x = parent[key] = list(x)
+            stack.extend((x, i) for i in range(len(x)))
+        else:
+            parent[key] = fix(x)
+    return root[0]
+
+
+def dumps_json(obj, **kw) -> str:
+    """json.dumps of finite_json(obj): never NaN or Infinity in a file igmu writes."""
+    return json.dumps(finite_json(obj), allow_nan=False, **kw)
+
+
 def write_json(path, obj) -> None:
     with atomic_path(path) as tmp:
-        tmp.write_text(json.dumps(obj, indent=2, sort_keys=True, allow_nan=False) + "\n")
+        tmp.write_text(dumps_json(obj, indent=2, sort_keys=True) + "\n")
 
 
 def check_out(out: str | os.PathLike, ours, what: str, overwrite: bool = True, flag: str = "--out") -> Path:
