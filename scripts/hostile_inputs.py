@@ -294,6 +294,8 @@ def written_cases(root: Path, f: dict[str, Path], fixtures: dict[str, Path]) -> 
         add(f"export artifact {k}", "export", fixtures[f"artifact:{k}"], "--out", out())
         add(f"generate --model artifact {k}", "generate", "--model", fixtures[f"artifact:{k}"], "--prompt", "x",
             "-n", "1", "--steps", "1", "--out", out())
+        add(f"evaluate --unlearned artifact {k}", "evaluate", "--task", "mini:object-circle", "--unlearned",
+            fixtures[f"artifact:{k}"], "--out", out())
     o = out()
     add("export artifact base-hash mismatch --force (warns)", "export", fixtures["artifact:base hash mismatch"],
         "--out", o, "--force", outs=[o])

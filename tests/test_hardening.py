@@ -298,6 +298,15 @@ def test_damaged_artifacts_are_one_line(artifact, tmp_path, name, manifest, weig
     assert not (tmp_path / "g").exists() and not (tmp_path / "m").exists()
 
 
+def test_evaluate_checks_the_artifact_before_generating(artifact, tmp_path, monkeypatch):
+    import igmu.generate
+
+    monkeypatch.setattr(igmu.generate, "generate_images", lambda *a, **k: pytest.fail("generated first"))
+    d = _variant(artifact, tmp_path, "v1", lambda m: {**m, "version": "1"})
+    clean_error(run("evaluate", "--task", "mini:object-circle", "--unlearned", d, "--out", tmp_path / "e",
+                    "--cache", tmp_path / "c"), "bad value for 'version'")
+
+
 def test_artifact_based_on_itself_or_on_another_artifact_is_one_line(artifact, tmp_path):
     selfref = _variant(artifact, tmp_path, "self", lambda m: m)
     m = json.loads((selfref / "manifest.json").read_text())

@@ -197,6 +197,18 @@ def load_model(spec: str, device: str = "cpu", dtype=None, force: bool = False):
     return load_pipeline(spec, device, dtype)
 
 
+def check_model_spec(spec: str) -> None:
+    """What load_model(spec) would refuse, found without loading any weights: a damaged artifact, a base that is
+    not the artifact's, a model that does not resolve. For commands that would otherwise work for minutes first."""
+    from .models.load import resolve_model
+
+    if spec and (is_artifact(spec) or _looks_like_artifact(spec)):
+        manifest, _ = load_artifact(spec)
+        check_base(spec, manifest, manifest["base_model"])
+    else:
+        resolve_model(spec)
+
+
 def check_base(artifact, manifest: dict, base: str, force: bool = False) -> None:
     """The base an artifact is applied to is a plain pipeline whose fingerprint (models.load.model_hash) is the
     manifest's base_model_hash; a mismatch is refused unless force, which warns."""

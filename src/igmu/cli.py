@@ -342,6 +342,11 @@ def evaluate(
         original, unlearned = f"{images}/{original_method}", f"{images}/{method}"
     elif not unlearned:
         raise UserError("give --unlearned ARTIFACT_OR_MODEL (or --images DIR for existing images)")
+    else:
+        from .artifacts import check_model_spec
+
+        for spec in (original, unlearned):  # a damaged artifact fails now, not after generating the original's images
+            check_model_spec(spec)
 
     res = run_eval(original, unlearned, t, cfg, Cache(cache), progress, sources)
     path = write_results(res, out)
