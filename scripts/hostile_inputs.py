@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 import os
 import pickle
 import random
@@ -150,6 +149,9 @@ def build_corpus(root: Path) -> dict[str, Path]:
     f["dangling"] = c / "dangling"
     f["missing"] = c / "missing.txt"
     f["newline name"] = put("new\nline.txt", "a red circle\n")
+    put("csv-huge-field.csv", "file,prompt\na.png,\"" + "x" * 200_000 + "\"\n")
+    put("csv-nul.csv", "file,prompt\na.png,a\x00b\n")
+    put("prompts-no-columns.csv", "a,b\n1,2\n")
     return f
 
 
@@ -363,6 +365,18 @@ def written_cases(root: Path, f: dict[str, Path], fixtures: dict[str, Path]) -> 
     add("evaluate --images a file", "evaluate", *mt, "--images", afile, "--method", "m", "--out", out())
     add("evaluate --layout bogus", "evaluate", *mt, "--images", f["folder"], "--layout", "x", "--method", "m",
         "--out", out())
+    for lay in ("igmu", "folder"):
+        for k in ["binary.bin", "deep.json", "nan.json", "list.json", "truncated.json", "big.txt", "fifo", "folder",
+                  "missing", "utf16.txt", "csv-huge-field.csv", "csv-nul.csv", "prompts-no-columns.csv"]:
+            add(f"evaluate --layout {lay} --prompts {k}", "evaluate", "--images", fixtures["layout"], "--layout", lay,
+                "--concept", "circle", "--prompts", f[k], "--out", out())
+        for k in ["folder", "missing", "binary.bin"]:
+            add(f"evaluate --layout {lay} --images {k}", "evaluate", "--images", f[k], "--layout", lay,
+                "--out", out())
+    for k in ("deep", "binary", "list", "nan"):
+        add(f"evaluate --layout igmu, forgot.json {k}", "evaluate", "--images", fixtures["released"], "--layout", "igmu",
+            "--prompts", fixtures[f"bp:{k}"], "--out", out())
+    add("metrics", "metrics")
     # judge train
     for name, extra in [("images missing", ["--images", root / "nope"]), ("images a file", ["--images", afile]),
                         ("val-fraction nan", ["--images", f["folder"], "--val-fraction", "nan"]),
@@ -555,6 +569,23 @@ def build_fixtures(root: Path, f: dict[str, Path]) -> dict[str, Path]:
     (data / "train").mkdir(parents=True)
     (data / "train" / "metadata.jsonl").write_text("")
     x["data"] = data
+    lay = root / "layout"  # a folder of images: --layout folder and igmu get it with hostile --prompts
+    (lay / "forget" / "m").mkdir(parents=True)
+    from PIL import Image
+
+    Image.new("RGB", (8, 8)).save(lay / "forget" / "m" / "a.png")
+    x["layout"] = lay
+    rel = root / "released"  # IGMU's released layout: <Concept>/forgot/<Method>/<i>_<j>_<k>.png
+    (rel / "Circle" / "forgot" / "ORG").mkdir(parents=True)
+    Image.new("RGB", (8, 8)).save(rel / "Circle" / "forgot" / "ORG" / "0_0_0.png")
+    x["released"] = rel
+    for k, text in (("deep", "[" * 100_000 + "]" * 100_000), ("binary", "\x00\x01"), ("list", "[1]"),
+                    ("nan", '{"Circle": {"explicit": [NaN]}}')):
+        d = root / f"bp-{k}"
+        d.mkdir()
+        (d / "forgot.json").write_text(text)
+        (d / "retain.json").write_text('{"Circle": {"other": ["a square"]}}')
+        x[f"bp:{k}"] = d
     runner = CliRunner()
     art = root / "artifact"
     r = runner.invoke(app, ["erase", "--method", "uce", "--target", "circle", "--out", str(art)])

@@ -218,8 +218,8 @@ def test_evaluate_bad_clip_or_judge_fails_before_generating(tmp_path, monkeypatc
     monkeypatch.setattr(igmu.generate, "generate_images", boom)
     base = ["evaluate", "--task", "mini:object-circle", "--unlearned", "mini", "--out", tmp_path / "e",
             "--cache", tmp_path / "cache"]
-    clean_error(run(*base, "--clip", "bogus"), "--clip 'bogus': unknown judge 'bogus'")
-    clean_error(run(*base, "--clip", "mini"), "without CLIP image and text towers")
+    clean_error(run(*base, "--clip", "bogus"), "unknown CLIP-score model 'bogus' for --clip")
+    clean_error(run(*base, "--clip", "clip:/nonexistent"), "no CLIP model folder at /nonexistent")
     clean_error(run(*base, "--judge", "bogus"), "unknown judge 'bogus'")
     assert not (tmp_path / "e").exists()
 

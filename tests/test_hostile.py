@@ -6,7 +6,6 @@ import math
 import sys
 from pathlib import Path
 
-import pytest
 from hypothesis import HealthCheck, given, settings, strategies as st
 
 from igmu.errors import UserError

@@ -203,10 +203,34 @@ def check_model_spec(spec: str) -> None:
     from .models.load import resolve_model
 
     if spec and (is_artifact(spec) or _looks_like_artifact(spec)):
-        manifest, _ = load_artifact(spec)
+        manifest, tensors = load_artifact(spec)
         check_base(spec, manifest, manifest["base_model"])
+        check_fits_folder(resolve_model(manifest["base_model"]), tensors)
     else:
         resolve_model(spec)
+
+
+def check_fits_folder(where: str, tensors: dict) -> None:
+    """apply_tensors' checks against a local pipeline folder's safetensors headers (names and shapes), without
+    loading the model; a hub id is checked when applied."""
+    from safetensors import safe_open
+
+    root = Path(where)
+    if not root.is_dir():
+        return
+    shapes: dict = {}
+    for key, value in tensors.items():
+        comp, name = key.split(".", 1)
+        if comp not in shapes:
+            folder = root / comp
+            if not (folder.is_dir() and (folder / "config.json").is_file()):
+                raise UserError(f"artifact changes {comp!r}, which is not a model component of the base {where}")
+            shapes[comp] = {}
+            for f in sorted(folder.glob("*.safetensors")):
+                with safe_open(str(f), "pt") as sf:
+                    shapes[comp].update({k: tuple(sf.get_slice(k).get_shape()) for k in sf.keys()})
+        if shapes[comp] and shapes[comp].get(name) != tuple(value.shape):
+            raise UserError(f"artifact tensor {key} does not fit this model; was it made from another base model?")
 
 
 def check_base(artifact, manifest: dict, base: str, force: bool = False) -> None:

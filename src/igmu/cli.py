@@ -62,6 +62,8 @@ def _quiet_libs():
 
 
 def _fail(msg: str):
+    """One line, whatever the message holds (a path with a newline in its name is shown escaped)."""
+    msg = str(msg).strip().replace("\r", "\\r").replace("\n", "\\n")
     typer.echo(f"error: {msg}", err=True)
     raise typer.Exit(2)
 

@@ -95,7 +95,7 @@ def check_eval_specs(cfg: EvalConfig, task, models: dict) -> None:
     and the judges load. For configs that run later (a bench config is checked before its first erasure)."""
     from .judges import get_judge
 
-    metric_specs(check_aspects(cfg.aspects), task, cfg, models, False)
+    metric_networks(metric_specs(check_aspects(cfg.aspects), task, cfg, models, False), cfg)  # built once, kept
     get_judge(resolve_judge(cfg.judge or task.judge, cfg.clip))
     cj = cfg.carrier_judge or task.carrier_judge
     if cj:

@@ -194,6 +194,18 @@ def _check_finite_data(data, what: str) -> None:
                 stack.extend(k for k in x if isinstance(k, float))
 
 
+def read_csv_rows(text: str, what: str) -> list[dict]:
+    """CSV rows (csv.DictReader) of text read with read_text; a malformed CSV (e.g. a field over csv's limit of
+    131,072 characters, a NUL byte) is one line."""
+    import csv
+    import io
+
+    try:
+        return list(csv.DictReader(io.StringIO(text)))
+    except csv.Error as e:
+        raise UserError(f"{what} is not a valid CSV file ({_one_line(e)})") from None
+
+
 def load_mapping(path, what: str, kind: str = "YAML", max_bytes: int = MAX_CONFIG_BYTES) -> dict:
     """A YAML (or JSON, which YAML reads too) file holding a mapping of field: value."""
     text = read_text(path, what, max_bytes)
