@@ -573,9 +573,8 @@ def train_cmd(stage: str = typer.Argument(..., help="vae | unet | detector | cli
 def export_cmd(work: Path = typer.Option(Path("runs/mini"), "--work"), out: Optional[Path] = typer.Option(None, "--out")):
     """Assemble trained weights into a diffusers pipeline folder (default: the shipped mini model)."""
     from .models.load import MINI_DIR
-    from .world.train import export_pipeline
-
     from .utils.io import check_out
+    from .world.train import export_pipeline
 
     if not (work / "unet_ckpt.safetensors").is_file():
         raise UserError(f"no trained UNet in {work}; run: igmu world train unet --work {work}")
@@ -598,7 +597,6 @@ def render_cmd(out: Path = typer.Option(..., "--out"), n: int = typer.Option(64,
     from .world.captions import canonical
     from .world.render import render
     from .world.scenes import sample_scene
-
     from .utils.validate import check_int, check_seed
 
     check_int(n, "-n", 1, 4096)
