@@ -177,7 +177,6 @@ def methods(name: Optional[str] = typer.Argument(None, help="A method: show its 
 
     from .methods import REGISTRY, get_method
     from .methods.base import option_table
-
     from .methods.support import COLUMNS, cell
 
     if name is not None:

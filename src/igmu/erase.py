@@ -50,8 +50,9 @@ def run_erase(model: str, method_name: str, targets: list[str], anchor: str | No
             changed = method.erase(pipe, req, cfg)
     except NonFiniteError as e:
         raise NonFiniteError(f"erasing with {method.name} stopped: {e}; nothing was written. "
-                             f"{_suspects(method, cfg)}", e.step) from None
-    check_finite_tensors(changed, method, cfg)
+                             f"{_suspects(method, cfg, method.resolve_config(pipe, method.Config()))}",
+                             e.step) from None
+    check_finite_tensors(changed, method, cfg, method.resolve_config(pipe, method.Config()))
     secs = time.perf_counter() - t0
     peak_mb = peak_rss_mb()
     n_tensor = sum(v.numel() for v in changed.values())
@@ -80,7 +81,7 @@ def run_erase(model: str, method_name: str, targets: list[str], anchor: str | No
     return out
 
 
-def check_finite_tensors(changed: dict, method, cfg) -> None:
+def check_finite_tensors(changed: dict, method, cfg, defaults=None) -> None:
     """Refuse an erasure whose changed tensors hold NaN or infinite values (an artifact of them makes black
     images), naming the options that probably caused it."""
     import torch
@@ -89,18 +90,19 @@ def check_finite_tensors(changed: dict, method, cfg) -> None:
     if bad:
         raise NonFiniteError(f"erasing with {method.name} made {len(bad)} of {len(changed)} changed tensors "
                              f"non-finite (NaN or infinite; e.g. {bad[0]}); the artifact was not written. "
-                             f"{_suspects(method, cfg)}")
+                             f"{_suspects(method, cfg, defaults)}")
 
 
 _STEP_SIZES = ("lr", "lamb", "lam", "lmbda", "lambda", "scale", "alpha", "weight", "guidance", "strength", "eta")
 
 
-def _suspects(method, cfg) -> str:
+def _suspects(method, cfg, defaults=None) -> str:
     """The options that probably made numbers non-finite: the float options set away from their defaults (the
-    largest change first), else the method's step sizes and weights (lr, lamb, ..._scale, ...)."""
+    model family's, `defaults`; the largest change first), else the method's step sizes and weights (lr, lamb,
+    ..._scale, ...)."""
     import math
 
-    defaults = method.Config()
+    defaults = defaults if defaults is not None else method.Config()
     moved = []
     for k, v in cfg:
         d = getattr(defaults, k)
