@@ -35,7 +35,7 @@ def main():
 
     warnings.filterwarnings("ignore")
     from igmu.generate import GenSettings
-    from igmu.methods.artifact import load_artifact
+    from igmu.artifacts import load_artifact
     from igmu.models.load import load_pipeline
     from igmu.world.erasure_checks import TARGETS, measure
     from igmu.world.judges import Detector

@@ -14,7 +14,7 @@ def test_world_render_and_build_data(tmp_path):
     r = _cli("world", "build-data", "--out", str(tmp_path / "d"), "--n-train", "5", "--n-test", "2")
     assert r.returncode == 0, r.stderr
     assert (tmp_path / "d" / "train" / "metadata.jsonl").is_file()
-    _one_line_error(_cli("world", "build-data", "--out", str(tmp_path / "e"), "--n-train", "0"), "at least 1")
+    _one_line_error(_cli("world", "build-data", "--out", str(tmp_path / "e"), "--n-train", "0"), "must be between 1 and")
 
 
 def test_generate_requires_a_prompt(tmp_path):

@@ -8,10 +8,44 @@ from pathlib import Path
 from typing import List, Optional
 
 import typer
+from typer._click import exceptions as _cx  # typer 0.29 (pinned) vendors click: its parser raises these
+from typer.core import TyperGroup
 
 from .errors import UserError
 
-app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
+
+class _OneLineErrors(TyperGroup):
+    """Usage mistakes found by the parser (an unknown option, a value of the wrong type, a missing argument) end
+    like every other user mistake: one "error: ..." line on stderr and exit code 2 (click would print a usage
+    block, and typer a boxed panel). A bare group (`igmu`, `igmu world`) prints its help and exits 0."""
+
+    def main(self, args=None, prog_name=None, complete_var=None, standalone_mode=True, **extra):
+        try:
+            rv = super().main(args=args, prog_name=prog_name, complete_var=complete_var, standalone_mode=False,
+                              **extra)
+        except _cx.NoArgsIsHelpError as e:
+            if not standalone_mode:
+                raise
+            typer.echo(e.format_message())
+            sys.exit(0)
+        except _cx.ClickException as e:
+            if not standalone_mode:
+                raise
+            ctx = getattr(e, "ctx", None)
+            hint = f" (see: {ctx.command_path} --help)" if ctx is not None else ""
+            typer.echo(f"error: {' '.join(e.format_message().split())}{hint}", err=True)
+            sys.exit(2)
+        except typer.Abort:
+            if not standalone_mode:
+                raise
+            typer.echo("error: aborted", err=True)
+            sys.exit(2)
+        if standalone_mode:
+            sys.exit(rv if isinstance(rv, int) else 0)
+        return rv
+
+
+app = typer.Typer(cls=_OneLineErrors, add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
                   help="igmu: machine unlearning for image generation models.")
 world = typer.Typer(no_args_is_help=True, help="The embedded mini world: data, training recipes, judges.")
 app.add_typer(world, name="world")
@@ -28,6 +62,8 @@ def _quiet_libs():
 
 
 def _fail(msg: str):
+    """One line, whatever the message holds (a path with a newline in its name is shown escaped)."""
+    msg = str(msg).strip().replace("\r", "\\r").replace("\n", "\\n")
     typer.echo(f"error: {msg}", err=True)
     raise typer.Exit(2)
 
@@ -62,21 +98,57 @@ def _dtype_opt():
 
 
 def _progress(desc: str):
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
-
+    """A progress factory (total -> advance(k, **info)): a rich bar on a terminal (or IGMU_PROGRESS=1), plain
+    periodic lines on stderr otherwise, so that logs and CI show long work (IGMU_PROGRESS=0: silent)."""
     def factory(total: int):
-        p = Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(), TimeRemainingColumn(),
-                     transient=False, disable=not sys.stderr.isatty() and os.environ.get("IGMU_PROGRESS") != "1")
+        mode = os.environ.get("IGMU_PROGRESS", "")
+        if mode == "0":
+            return lambda k=1, **info: None
+        if mode != "1" and not sys.stderr.isatty():
+            return _plain_progress(desc, total, float(os.environ.get("IGMU_PROGRESS_EVERY", "10")))
+        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+
+        p = Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+                     TimeRemainingColumn(), transient=False)
         p.start()
         task = p.add_task(desc, total=total)
 
         def advance(k: int = 1, **info):
-            p.update(task, advance=k, description=desc + "".join(
-                f" {a}={b:.4g}" if isinstance(b, (int, float)) else f" {a}={b}" for a, b in info.items()))
+            p.update(task, advance=k, description=desc + _info(info))
             if p.tasks[0].completed >= total:
                 p.stop()
         return advance
     return factory
+
+
+def _info(info: dict) -> str:
+    return "".join(f" {a}={b:.4g}" if isinstance(b, (int, float)) else f" {a}={b}" for a, b in info.items())
+
+
+def _plain_progress(desc: str, total: int, every: float):
+    """Plain lines: one every `every` seconds while work goes on (the first after `every` seconds, so quick work
+    prints nothing), and one at the end if any was printed."""
+    import time
+
+    t0 = last = time.monotonic()
+    done, printed = 0, False
+
+    def advance(k: int = 1, **info):
+        nonlocal done, last, printed
+        done += k
+        now = time.monotonic()
+        if now - last >= every or (printed and done >= total):
+            el = now - t0
+            left = el / done * (total - done) if done else 0.0
+            pct = f" ({100 * done / total:.0f}%)" if total else ""
+            typer.echo(f"{desc}: {done}/{total}{pct}, {_secs(el)} elapsed, about {_secs(left)} left{_info(info)}",
+                       err=True)
+            last, printed = now, True
+    return advance
+
+
+def _secs(s: float) -> str:
+    return f"{s / 60:.1f} min" if s >= 60 else f"{s:.0f} s"
 
 
 @app.command()
@@ -85,13 +157,16 @@ def generate(
     prompt: Optional[List[str]] = typer.Option(None, "--prompt", "-p", help="A prompt (repeatable)."),
     prompts: Optional[str] = typer.Option(None, "--prompts", help="File of prompts: one per line, or DataIGM JSON."),
     model: str = typer.Option("mini", "--model", "-m", help="'mini', a local diffusers pipeline folder, or a hub id."),
-    n: int = typer.Option(8, "-n", help="Images per prompt."),
-    seed: int = typer.Option(0, "--seed", help="Image j of each prompt uses seed+j."),
-    steps: int = typer.Option(None, "--steps", help="Sampling steps (default 20)."),
-    guidance: float = typer.Option(None, "--guidance", help="Classifier-free guidance scale (default 5.0)."),
+    n: int = typer.Option(8, "-n", help="Images per prompt (1-10000)."),
+    seed: int = typer.Option(0, "--seed", help="Image j of each prompt uses seed+j (0 to 2**63-1)."),
+    steps: int = typer.Option(None, "--steps", help="Sampling steps (1-1000; default 20)."),
+    guidance: float = typer.Option(None, "--guidance", help="Classifier-free guidance scale (0-100; default 5.0)."),
     negative_prompt: Optional[str] = typer.Option(None, "--negative-prompt"),
-    batch_size: int = typer.Option(None, "--batch-size", help="Images per forward batch (default: chosen to fit, "
-                                                            "at most 64)."),
+    batch_size: int = typer.Option(None, "--batch-size", help="Images per UNet batch (1-4096; default: chosen to "
+                                   "fit, at most 64). Part of an image's identity: other batch sizes may round "
+                                   "differently."),
+    force: bool = typer.Option(False, "--force", help="With an artifact as --model: apply it even to a base whose "
+                               "fingerprint differs from the one it was made from (warns)."),
     out: Path = typer.Option(..., "--out", "-o", help="Output folder (PNGs + generations.jsonl)."),
     device: str = _device_opt(),
     dtype: str = _dtype_opt(),
@@ -105,30 +180,41 @@ def generate(
     plist = list(prompt or []) if not prompts else read_prompt_file(prompts)
     if not plist:
         raise UserError("no prompt given; use --prompt \"...\" or --prompts FILE")
-    s = GenSettings(steps=steps or DEFAULT_STEPS, guidance=DEFAULT_GUIDANCE if guidance is None else guidance,
-                    negative_prompt=negative_prompt)
+    s = GenSettings(steps=DEFAULT_STEPS if steps is None else steps,
+                    guidance=DEFAULT_GUIDANCE if guidance is None else guidance, negative_prompt=negative_prompt)
     runtime = Runtime.resolve(device, dtype)
-    res = run_generate(model, plist, n, seed, s, out, batch_size, _progress("generating"), runtime)
+    res = run_generate(model, plist, n, seed, s, out, batch_size, _progress("generating"), runtime, force=force)
     typer.echo(f"wrote {len(plist) * n} images and generations.jsonl to {res}")
 
 
 @app.command()
 @handles_errors
-def methods():
-    """List the unlearning methods: mechanism, what they change, the architectures they run on, source."""
+def methods(name: Optional[str] = typer.Argument(None, help="A method: show its options, defaults and bounds.")):
+    """List the unlearning methods (mechanism, what they change, the architectures they run on, source), or one
+    method's options with their defaults and the bounds `--set` must respect."""
     from rich.console import Console
     from rich.table import Table
 
-    from .methods import REGISTRY
-
+    from .methods import REGISTRY, get_method
+    from .methods.base import option_table
     from .methods.support import COLUMNS, cell
 
+    if name is not None:
+        m = get_method(name)
+        t = Table("option", "type", "default", "bounds", title=f"{m.name}: {m.summary}")
+        for row in option_table(m.Config):
+            t.add_row(*row)
+        Console(width=200).print(t)
+        typer.echo(f"source: {m.source}\nset an option with: igmu erase --method {m.name} --set OPTION=VALUE "
+                   "(or --config FILE.yaml); defaults and their citations: docs/methods.md")
+        return
     t = Table("method", "mechanism", "changes", "multi-concept", "architectures", "source")
-    for name in sorted(REGISTRY):
-        m = REGISTRY[name]
-        runs = [col for col, fam in COLUMNS.items() if cell(name, fam)[0] == "yes"]
-        t.add_row(name, m.summary, m.changes, "yes" if m.multi_concept else "no", ", ".join(runs), m.source)
+    for n in sorted(REGISTRY):
+        m = REGISTRY[n]
+        runs = [col for col, fam in COLUMNS.items() if cell(n, fam)[0] == "yes"]
+        t.add_row(n, m.summary, m.changes, "yes" if m.multi_concept else "no", ", ".join(runs), m.source)
     Console(width=200).print(t)
+    typer.echo("options of one method, with their bounds: igmu methods NAME")
 
 
 @app.command()
@@ -140,7 +226,8 @@ def erase(
     preserve: Optional[List[str]] = typer.Option(None, "--preserve", help="Concept to keep (repeatable)."),
     model: str = typer.Option("mini", "--model", "-m"),
     config: Optional[str] = typer.Option(None, "--config", help="YAML of method options."),
-    set_: Optional[List[str]] = typer.Option(None, "--set", help="Override one option: key=value (repeatable)."),
+    set_: Optional[List[str]] = typer.Option(None, "--set", help="Override one option: key=value (repeatable); "
+                                             "options, defaults and bounds: igmu methods NAME."),
     out: Path = typer.Option(..., "--out", "-o", help="Artifact folder to write."),
     device: str = _device_opt(),
     dtype: str = _dtype_opt(),
@@ -152,9 +239,13 @@ def erase(
     from .artifacts import load_artifact
     from .erase import run_erase
     from .utils.device import Runtime
+    from .utils.validate import check_concepts
 
+    if not target:
+        raise UserError("no --target given; name the concept to erase, e.g. --target \"circle\"")
+    targets, anchor, keep = check_concepts(target, anchor, preserve)
     runtime = Runtime.resolve(device, dtype, gradient_checkpointing)
-    res = run_erase(model, method, list(target or []), anchor, list(preserve or []), config, list(set_ or []), out,
+    res = run_erase(model, method, targets, anchor, keep, config, list(set_ or []), out,
                     _progress(f"erasing ({method})"), runtime)
     cost = load_artifact(res)[0]["cost"]
     typer.echo(f"wrote artifact {res} ({cost['params_changed']} parameters changed, {cost['erase_seconds']:.2f} s)")
@@ -163,12 +254,16 @@ def erase(
 @app.command("export")
 @handles_errors
 def export_cmd_top(artifact: Path = typer.Argument(..., help="Artifact folder from igmu erase."),
-                   out: Path = typer.Option(..., "--out", "-o"),
-                   base: Optional[str] = typer.Option(None, "--base", help="Base model (default: the manifest's).")):
+                   out: Path = typer.Option(..., "--out", "-o", help="Pipeline folder to write (new or empty)."),
+                   base: Optional[str] = typer.Option(None, "--base", help="Base model (default: the manifest's)."),
+                   overwrite: bool = typer.Option(False, "--overwrite", help="Replace a pipeline that igmu export "
+                                                  "wrote at --out (any other non-empty folder is never replaced)."),
+                   force: bool = typer.Option(False, "--force", help="Apply the artifact even to a base whose "
+                                              "fingerprint differs from the one it was made from (warns).")):
     """Write a merged diffusers pipeline folder (base model + artifact) that plain diffusers loads."""
     from .artifacts import export_merged
 
-    typer.echo(f"merged pipeline written to {export_merged(artifact, out, base)}")
+    typer.echo(f"merged pipeline written to {export_merged(artifact, out, base, overwrite, force)}")
 
 
 judge_app = typer.Typer(no_args_is_help=True, help="Judges: list their cards, train an IGMU-style CLIP head.")
@@ -198,11 +293,11 @@ def evaluate(
     perceptual: Optional[str] = typer.Option(None, "--perceptual", help="Perceptual distance: lpips (needs --lpips-weights), lpips:vgg, or a plug-in's (mini). Default: decided from the images."),
     lpips_weights: Optional[Path] = typer.Option(None, "--lpips-weights", help="Local torchvision backbone weights for LPIPS (alexnet-owt-7be5be79.pth, or vgg16-397923af.pth with --lpips-net vgg)."),
     lpips_net: str = typer.Option("alex", "--lpips-net", help="LPIPS backbone: alex or vgg."),
-    n: Optional[int] = typer.Option(None, "-n", help="Images per prompt (default: the task's)."),
-    attack_prompts: Optional[int] = typer.Option(None, "--attack-prompts", help="UnlearnDiffAtk prompts (default: the task's; 0: none)."),
-    seed: int = typer.Option(0, "--seed"),
-    steps: Optional[int] = typer.Option(None, "--steps", help="Sampling steps (default 20)."),
-    guidance: Optional[float] = typer.Option(None, "--guidance", help="Guidance scale (default 5.0)."),
+    n: Optional[int] = typer.Option(None, "-n", help="Images per prompt (1-10000; default: the task's)."),
+    attack_prompts: Optional[int] = typer.Option(None, "--attack-prompts", help="UnlearnDiffAtk prompts (0-10000; default: the task's; 0: none)."),
+    seed: int = typer.Option(0, "--seed", help="Image j of a prompt uses seed+j (0 to 2**63-1)."),
+    steps: Optional[int] = typer.Option(None, "--steps", help="Sampling steps (1-1000; default 20)."),
+    guidance: Optional[float] = typer.Option(None, "--guidance", help="Guidance scale (0-100; default 5.0)."),
     cache: Optional[Path] = typer.Option(None, "--cache", help="Cache folder (default $IGMU_CACHE or ~/.cache/igmu)."),
     device: str = _device_opt(),
     dtype: str = _dtype_opt(),
@@ -210,20 +305,20 @@ def evaluate(
     """Evaluate an unlearned model on a task (forgetting, preservation, quality, alignment, robustness, cost), or
     score a tree of pre-generated images (--images)."""
     from .evaluation.cache import Cache
-    from .evaluation.evaluate import EvalConfig, check_aspects, evaluate as run_eval, write_results
+    from .evaluation.evaluate import EvalConfig, check_aspects, eval_seed_span, evaluate as run_eval, write_results
     from .evaluation.summary import summary_markdown
-    from .generate import DEFAULT_GUIDANCE, DEFAULT_STEPS, GenSettings
+    from .generate import DEFAULT_GUIDANCE, DEFAULT_STEPS, MAX_IMAGES_PER_PROMPT, GenSettings
     from .tasks import load_task
-    from .utils.io import check_writable_dir
+    from .utils.io import check_out
+    from .utils.validate import check_int, check_seed
 
     layouts = ("igmu", "igmu-task", "folder")
     if images is not None and layout not in layouts:
         raise UserError(f"unknown --layout {layout!r}; layouts: {', '.join(layouts)}")
     if lpips_net not in ("alex", "vgg"):
         raise UserError(f"--lpips-net must be alex or vgg, got {lpips_net!r}")
-    if out.exists() and (not out.is_dir() or (any(out.iterdir()) and not (out / "results.json").exists())):
-        raise UserError(f"--out {out} exists and is not an igmu evaluation folder; choose a new folder")
-    check_writable_dir(out.parent if not out.exists() else out)
+    check_seed(seed)
+    check_out(out, lambda o: (o / "results.json").is_file(), "igmu evaluation folder")
 
     def progress(total, desc):
         return _progress(desc)(total)
@@ -252,21 +347,18 @@ def evaluate(
     runtime = Runtime.resolve(device, dtype)
     t = load_task(task)
     if n is not None:
-        if n < 1:
-            raise UserError(f"-n must be at least 1, got {n}")
-        t.images_per_prompt = n
+        t.images_per_prompt = check_int(n, "-n", 1, MAX_IMAGES_PER_PROMPT)
     if attack_prompts is not None:
-        if attack_prompts < 0:
-            raise UserError(f"--attack-prompts must be >= 0, got {attack_prompts}")
-        t.attack.prompts = attack_prompts
+        t.attack.prompts = check_int(attack_prompts, "--attack-prompts", 0, 10_000)
     cfg = EvalConfig(aspects=check_aspects([a.strip() for a in aspects.split(",") if a.strip()]),
                      judge=judge[0] if judge else None, carrier_judge=carrier_judge, clip=clip, features=features,
                      perceptual=perceptual, fid_weights=str(fid_weights) if fid_weights else None,
                      lpips_weights=str(lpips_weights) if lpips_weights else None, lpips_net=lpips_net,
-                     settings=GenSettings(steps=steps or DEFAULT_STEPS,
+                     settings=GenSettings(steps=DEFAULT_STEPS if steps is None else steps,
                                           guidance=DEFAULT_GUIDANCE if guidance is None else guidance), seed=seed,
                      runtime=runtime)
     cfg.settings.validate()
+    check_seed(seed, "--seed", eval_seed_span(t))
     sources = None
     if images is not None:  # layout igmu-task
         from .evaluation.layout import TaskLayout
@@ -284,6 +376,11 @@ def evaluate(
         original, unlearned = f"{images}/{original_method}", f"{images}/{method}"
     elif not unlearned:
         raise UserError("give --unlearned ARTIFACT_OR_MODEL (or --images DIR for existing images)")
+    else:
+        from .artifacts import check_model_spec
+
+        for spec in (original, unlearned):  # a damaged artifact fails now, not after generating the original's images
+            check_model_spec(spec)
 
     res = run_eval(original, unlearned, t, cfg, Cache(cache), progress, sources)
     path = write_results(res, out)
@@ -331,16 +428,22 @@ def judge_list(spec: Optional[List[str]] = typer.Argument(None, help="Judge spec
 def judge_train(images: Path = typer.Option(..., "--images", help="Image folder: DIR/<class>/*.png, or IGMU's Training_images_demo/<Concept> (train/<class>/ and test/<class>/: the card's accuracy is on test/)."),
                 out: Path = typer.Option(..., "--out", "-o", help="Judge folder to write (use it as clip-head:OUT)."),
                 clip: Optional[str] = typer.Option(None, "--clip", help="CLIP image tower: clip:PATH (a local CLIP folder) or a plug-in's (mini-clip, for the mini world's 32x32 images)."),
-                val_fraction: float = typer.Option(0.2, "--val-fraction"), seed: int = typer.Option(0, "--seed")):
+                val_fraction: float = typer.Option(0.2, "--val-fraction", help="Held-out share (0.01-0.99)."),
+                seed: int = typer.Option(0, "--seed", help="0 to 2**63-1.")):
     """Train an IGMU-style judge: a linear head on CLIP image embeddings, validated on a held-out split."""
     from .evaluation.clip_judge import train_head
+    from .utils.io import check_out
+    from .utils.validate import check_float, check_seed
 
-    if not 0 < val_fraction < 1:
-        raise UserError(f"--val-fraction must be between 0 and 1, got {val_fraction}")
+    if images.exists() and not images.is_dir():
+        raise UserError(f"--images {images} is a file; give a folder DIR/<class>/*.png")
+    check_float(val_fraction, "--val-fraction", 0.01, 0.99)
+    check_seed(seed)
+    check_out(out, lambda o: (o / "card.json").is_file(), "igmu judge folder")
     path = train_head(images, out, clip=clip, val_fraction=val_fraction, seed=seed)
     import json as _json
 
-    card = _json.loads((Path(path) / "card.json").read_text())
+    card = _json.loads((Path(path) / "card.json").read_text(encoding="utf-8"))
     typer.echo(f"wrote judge {path}: held-out accuracy {card.get('accuracy'):.3f} on {card.get('n')} images "
                f"({'the layout test/ split' if card.get('split') == 'layout' else 'a held-out split'}); "
                f"use it as --judge clip-head:{path}")
@@ -419,7 +522,9 @@ def plan(target: List[str] = typer.Option(..., "--target", "-t", help="Concept t
          out: Optional[Path] = typer.Option(None, "--out", "-o", help="Task YAML to write (default: print it).")):
     """CatIGMU: place an erasure request in the taxonomy and write a task YAML with its guidance."""
     from .tasks.planner import plan as make_plan, plan_text, write_plan
+    from .utils.validate import check_concepts
 
+    check_concepts(target, anchor, [])
     task, guidance = make_plan(target[0], kind=kind, scope=scope, triggers=trigger, model=model,
                                extra_targets=target[1:] or None, anchor=anchor, prompts_file=prompts, clip=clip)
     if out is None:
@@ -430,15 +535,18 @@ def plan(target: List[str] = typer.Option(..., "--target", "-t", help="Concept t
 
 @world.command("build-data")
 @handles_errors
-def build_data_cmd(out: Path = typer.Option(..., "--out", "-o"), seed: int = typer.Option(0, "--seed"),
-                   n_train: int = typer.Option(40000, "--n-train"), n_test: int = typer.Option(4000, "--n-test")):
+def build_data_cmd(out: Path = typer.Option(..., "--out", "-o"), seed: int = typer.Option(0, "--seed", help="0 to 2**63-1."),
+                   n_train: int = typer.Option(40000, "--n-train", help="1-10000000."),
+                   n_test: int = typer.Option(4000, "--n-test", help="1-10000000.")):
     """Write DataIGM-mini: labeled renders, captions, splits and forget/retain prompt sets."""
-    from .utils.io import check_writable_dir
+    from .utils.io import check_out
+    from .utils.validate import check_int, check_seed
     from .world.data import build_data
 
-    if n_train < 1 or n_test < 1:
-        raise UserError("--n-train and --n-test must be at least 1")
-    check_writable_dir(out.parent)
+    check_int(n_train, "--n-train", 1, 10_000_000)
+    check_int(n_test, "--n-test", 1, 10_000_000)
+    check_seed(seed, "--seed", 1000)  # the splits draw from seed + a small offset (world.data.SPLIT_SEED_OFFSET)
+    check_out(out, lambda o: (o / "info.json").is_file() and (o / "train").is_dir(), "igmu DataIGM-mini folder")
     adv = _progress("rendering")(n_train + n_test)
     build_data(out, seed, n_train, n_test, progress=adv)
     typer.echo(f"wrote DataIGM-mini ({n_train} train, {n_test} test) to {out}")
@@ -446,11 +554,16 @@ def build_data_cmd(out: Path = typer.Option(..., "--out", "-o"), seed: int = typ
 
 @world.command("build-tokenizer")
 @handles_errors
-def build_tokenizer_cmd(out: Optional[Path] = typer.Option(None, "--out"), seed: int = typer.Option(0, "--seed")):
+def build_tokenizer_cmd(out: Optional[Path] = typer.Option(None, "--out"), seed: int = typer.Option(0, "--seed", help="0 to 2**63-1.")):
     """Learn the world's CLIP-format BPE tokenizer (default: into the package assets)."""
     from .models.tokenizer import TOKENIZER_DIR
+    from .utils.io import check_out
+    from .utils.validate import check_seed
     from .world.tokenizer import build_tokenizer
 
+    check_seed(seed)
+    check_out(out or TOKENIZER_DIR, lambda o: (o / "vocab.json").is_file() and (o / "merges.txt").is_file(),
+              "igmu tokenizer folder")
     tok = build_tokenizer(out or TOKENIZER_DIR, seed)
     typer.echo(f"tokenizer with {len(tok)} tokens written to {out or TOKENIZER_DIR}")
 
@@ -463,8 +576,10 @@ STAGES = ("vae", "unet", "detector", "clip")
 def train_cmd(stage: str = typer.Argument(..., help="vae | unet | detector | clip"),
               data: Path = typer.Option(Path("data/dataigm-mini"), "--data"),
               work: Path = typer.Option(Path("runs/mini"), "--work", help="Checkpoints (vae, unet); resumable."),
-              steps: Optional[int] = typer.Option(None, "--steps"), seed: int = typer.Option(0, "--seed"),
-              batch: Optional[int] = typer.Option(None, "--batch"), lr: Optional[float] = typer.Option(None, "--lr"),
+              steps: Optional[int] = typer.Option(None, "--steps", help="1-10000000 (default: the stage's)."),
+              seed: int = typer.Option(0, "--seed", help="0 to 2**63-1."),
+              batch: Optional[int] = typer.Option(None, "--batch", help="1-65536 (default: the stage's)."),
+              lr: Optional[float] = typer.Option(None, "--lr", help="Finite, in (0, 1] (default: the stage's)."),
               device: str = typer.Option("cpu", "--device", help="cpu | cuda | auto (unet, clip)"),
               init_from: Optional[Path] = typer.Option(None, "--init-from",
                                                        help="unet: start from this pipeline folder's weights"),
@@ -478,11 +593,14 @@ def train_cmd(stage: str = typer.Argument(..., help="vae | unet | detector | cli
         raise UserError(f"unknown stage {stage!r}; choose one of: {', '.join(STAGES)}")
     if not (data / "train" / "metadata.jsonl").is_file():
         raise UserError(f"{data} is not a DataIGM-mini folder; build it with: igmu world build-data --out {data}")
-    for name, v in (("--steps", steps), ("--batch", batch), ("--stop-at", stop_at)):
-        if v is not None and v < 1:
-            raise UserError(f"{name} must be at least 1, got {v}")
-    if lr is not None and lr <= 0:
-        raise UserError(f"--lr must be positive, got {lr}")
+    from .utils.validate import check_float, check_int, check_seed
+
+    for name, v, hi in (("--steps", steps, 10_000_000), ("--batch", batch, 65_536), ("--stop-at", stop_at, 10_000_000)):
+        if v is not None:
+            check_int(v, name, 1, hi)
+    if lr is not None:
+        check_float(lr, "--lr", 0.0, 1.0, lo_open=True)
+    check_seed(seed)
     if device not in ("cpu", "cuda", "auto") and not device.startswith("cuda:"):
         raise UserError(f"--device must be cpu, cuda or auto, got {device!r}")
     if (init_from or stop_at or uniform) and stage != "unet":
@@ -513,17 +631,20 @@ def train_cmd(stage: str = typer.Argument(..., help="vae | unet | detector | cli
 def export_cmd(work: Path = typer.Option(Path("runs/mini"), "--work"), out: Optional[Path] = typer.Option(None, "--out")):
     """Assemble trained weights into a diffusers pipeline folder (default: the shipped mini model)."""
     from .models.load import MINI_DIR
+    from .utils.io import check_out
     from .world.train import export_pipeline
 
     if not (work / "unet_ckpt.safetensors").is_file():
         raise UserError(f"no trained UNet in {work}; run: igmu world train unet --work {work}")
+    check_out(out or MINI_DIR, lambda o: (o / "igmu_training.json").is_file(), "igmu-trained pipeline folder")
     res = export_pipeline(work, out or MINI_DIR)
     typer.echo(f"pipeline written to {res}")
 
 
 @world.command("render")
 @handles_errors
-def render_cmd(out: Path = typer.Option(..., "--out"), n: int = typer.Option(64, "-n"), seed: int = typer.Option(0, "--seed")):
+def render_cmd(out: Path = typer.Option(..., "--out"), n: int = typer.Option(64, "-n", help="1-4096."),
+               seed: int = typer.Option(0, "--seed", help="0 to 2**63-1.")):
     """Render a grid of random scenes with their canonical captions (a quick look at the world)."""
     import json
 
@@ -534,9 +655,14 @@ def render_cmd(out: Path = typer.Option(..., "--out"), n: int = typer.Option(64,
     from .world.captions import canonical
     from .world.render import render
     from .world.scenes import sample_scene
+    from .utils.validate import check_int, check_seed
 
-    if n < 1 or n > 4096:
-        raise UserError("-n must be between 1 and 4096")
+    check_int(n, "-n", 1, 4096)
+    check_seed(seed)
+    if out.exists() and not (out.is_file() and out.with_suffix(".json").is_file()):
+        raise UserError(f"--out {out} exists and is not a grid written by igmu world render; choose a new path")
+    if out.with_suffix(".json").is_dir():
+        raise UserError(f"{out.with_suffix('.json')} is a folder; choose another --out")
     rng = np.random.default_rng(seed)
     scenes = [sample_scene(rng) for _ in range(n)]
     imgs = [render(s) for s in scenes]

@@ -14,7 +14,7 @@ import time
 from pathlib import Path
 
 from .artifacts import FORMAT, SAMPLING_VERSION, VERSION, is_artifact, original_tensor
-from .errors import UserError
+from .errors import NonFiniteError, UserError
 from .utils.device import Runtime, dtype_name, hardware_errors, using
 from .utils.io import atomic_dir
 from .utils.memory import peak_gpu_mb, peak_rss_mb, reset_peak_gpu
@@ -26,41 +26,48 @@ def run_erase(model: str, method_name: str, targets: list[str], anchor: str | No
     from .artifacts import load_model
     from .methods import get_method, sampler_for
     from .methods.base import EraseRequest, parse_config
+    from .methods.common import check_request
     from .models.load import model_hash, resolve_model
-    from .utils.io import check_writable_dir
+    from .utils.io import check_out
+    from .utils.validate import check_concepts
     from .utils.versions import versions
 
     method = get_method(method_name)
     method.progress_factory = progress_factory
     cfg = parse_config(method, config_file, sets)
-    targets = [t.strip() for t in targets or []]
     if not targets:
         raise UserError("no --target given; name the concept to erase, e.g. --target \"circle\"")
+    # the same text rules for all three; the anchor is kept as given (methods strip it; a blank one is the empty prompt)
+    targets, _, preserve = check_concepts(targets, anchor, preserve)
     if len(targets) > 1 and not method.multi_concept:
         raise UserError(f"method {method.name} erases one concept at a time; give one --target")
-    out = Path(out)
-    if out.exists() and (not out.is_dir() or (any(out.iterdir()) and not is_artifact(out))):
-        raise UserError(f"--out {out} exists and is not an igmu artifact; choose a new folder")
-    check_writable_dir(out.parent)
+    out = check_out(out, is_artifact, "igmu artifact")
     runtime = runtime or Runtime()
     if runtime.gradient_checkpointing and method.kind == "sampling":
         raise UserError(f"--gradient-checkpointing is for fine-tuning methods; {method.name} trains nothing")
     where = resolve_model(model)
     with hardware_errors(f"erase ({method.name})"):
         pipe = load_model(model, runtime.device, runtime.dtype)
-        req = EraseRequest(targets=targets, anchor=anchor, preserve=[p.strip() for p in preserve or []])
+        req = EraseRequest(targets=targets, anchor=anchor, preserve=list(preserve))
         method.check_architecture(pipe)
         cfg = method.resolve_config(pipe, cfg)  # the family's official defaults where they differ (manifest records them)
+        check_request(pipe, req)  # every method: each concept fits the model's tokenizer
         method.check(pipe, req, cfg)
         sampling = None
         reset_peak_gpu(runtime.device)
         t0 = time.perf_counter()
-        if method.kind == "sampling":
-            sampling = method.sampling(req, cfg)
-            changed = {}
-        else:
-            with using(runtime):
-                changed = method.erase(pipe, req, cfg)
+        try:
+            if method.kind == "sampling":
+                sampling = method.sampling(req, cfg)
+                changed = {}
+            else:
+                with using(runtime):
+                    changed = method.erase(pipe, req, cfg)
+        except NonFiniteError as e:
+            raise NonFiniteError(f"erasing with {method.name} stopped: {e}; nothing was written. "
+                                 f"{_suspects(method, cfg, method.resolve_config(pipe, method.Config()))}",
+                                 e.step) from None
+        check_finite_tensors(changed, method, cfg, method.resolve_config(pipe, method.Config()))
         secs = time.perf_counter() - t0
     peak_mb = peak_rss_mb()
     n_tensor = sum(v.numel() for v in changed.values())
@@ -90,5 +97,41 @@ def run_erase(model: str, method_name: str, targets: list[str], anchor: str | No
 
     with atomic_dir(out) as tmp:
         save_file({k: v.contiguous() for k, v in changed.items()}, str(tmp / "weights.safetensors"))
-        (tmp / "manifest.json").write_text(json.dumps(manifest, indent=1))
+        (tmp / "manifest.json").write_text(json.dumps(manifest, indent=1, allow_nan=False))
     return out
+
+
+def check_finite_tensors(changed: dict, method, cfg, defaults=None) -> None:
+    """Refuse an erasure whose changed tensors hold NaN or infinite values (an artifact of them makes black
+    images), naming the options that probably caused it."""
+    import torch
+
+    bad = [k for k, v in changed.items() if v.is_floating_point() and not bool(torch.isfinite(v).all())]
+    if bad:
+        raise NonFiniteError(f"erasing with {method.name} made {len(bad)} of {len(changed)} changed tensors "
+                             f"non-finite (NaN or infinite; e.g. {bad[0]}); the artifact was not written. "
+                             f"{_suspects(method, cfg, defaults)}")
+
+
+_STEP_SIZES = ("lr", "lamb", "lam", "lmbda", "lambda", "scale", "alpha", "weight", "guidance", "strength", "eta")
+
+
+def _suspects(method, cfg, defaults=None) -> str:
+    """The options that probably made numbers non-finite: the float options set away from their defaults (the
+    model family's, `defaults`; the largest change first), else the method's step sizes and weights (lr, lamb,
+    ..._scale, ...)."""
+    import math
+
+    defaults = defaults if defaults is not None else method.Config()
+    moved = []
+    for k, v in cfg:
+        d = getattr(defaults, k)
+        if isinstance(v, float) and isinstance(d, (int, float)) and not isinstance(d, bool) and v != d:
+            moved.append((abs(math.log10(abs(v) + 1e-300) - math.log10(abs(d) + 1e-300)), k, v, d))
+    if moved:
+        return "Probably caused by " + ", ".join(f"{k}={v:g} (default {d:g})" for _, k, v, d in sorted(moved)[::-1]) \
+            + f"; try values nearer the defaults (igmu methods {method.name})."
+    names = [k for k, v in cfg if isinstance(v, float) and any(k == s or k.endswith("_" + s) or k.startswith(s + "_")
+                                                               for s in _STEP_SIZES)]
+    return (f"Its step sizes and weights ({', '.join(names)}) are at their defaults; the base model or the request "
+            "may be the cause.") if names else "The base model or the request may be the cause."

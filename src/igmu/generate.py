@@ -1,8 +1,16 @@
 """Seeded, batched image generation from any Stable-Diffusion-style pipeline.
 
 Image j of prompt i starts from noise drawn with its own generator seeded
-`seed + j`, so the same (prompt, seed, model, settings) always gives the same
-image, whatever else is in the batch.
+`seed + j`: its initial noise does not depend on the batch. The image itself
+is a function of (prompt, seed, model, settings, UNet batch size): batched CPU
+kernels sum in an order that depends on the batch size, so the same prompt and
+seed at `--batch-size 1` and at a larger batch can differ by float rounding (a
+pixel value off by one; scripts/batch_identity.py, figures in docs/hardening.md).
+With the same batch size, torch build, thread count and hardware, an image is
+bitwise reproducible on CPU, whatever the other prompts in its batch. The
+batch size an image was made in is recorded with it (`batch_size` in
+generations.jsonl; the last batch of a run may be smaller), and the evaluation
+cache keys images on it.
 
 A pipeline loaded from an inference-time artifact (artifacts.load_model) carries
 that method's sampling hook, `pipe.igmu_sampler`, found through the method
@@ -20,11 +28,19 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from .errors import UserError
+from .errors import NonFiniteError, UserError
 
 DEFAULT_STEPS = 20
 DEFAULT_GUIDANCE = 5.0
 DEFAULT_BATCH = 64
+# Documented bounds of the generation options (the CLI help shows them; validated in GenSettings.validate and
+# run_generate): more steps than a scheduler's 1,000 training steps are meaningless; guidance scales in use are
+# 1-20 (SD's default 7.5), and far larger ones overflow the latents; images per prompt and batch size bound memory.
+MAX_STEPS = 1000
+MAX_GUIDANCE = 100.0
+MAX_BATCH = 4096
+MAX_IMAGES_PER_PROMPT = 10_000
+MAX_PROMPT_CHARS = 10_000
 
 
 @dataclass
@@ -36,10 +52,15 @@ class GenSettings:
     negative_prompt: str | None = None
 
     def validate(self):
-        if self.steps < 1 or self.steps > 1000:
-            raise UserError(f"--steps must be between 1 and 1000, got {self.steps}")
-        if self.guidance < 0:
-            raise UserError(f"--guidance must be >= 0, got {self.guidance}")
+        from .utils.validate import check_float, check_int
+
+        check_int(self.steps, "--steps", 1, MAX_STEPS)
+        check_float(self.guidance, "--guidance", 0.0, MAX_GUIDANCE)
+        for name, v in (("--height", self.height), ("--width", self.width)):
+            if v is not None:
+                check_int(v, name, 8, 4096)
+        if self.negative_prompt is not None and not isinstance(self.negative_prompt, str):
+            raise UserError("--negative-prompt must be text")
 
 
 def initial_noise(pipe, seed: int, height: int, width: int) -> torch.Tensor:
@@ -91,41 +112,49 @@ def _generate(pipe, prompts, seeds, settings: GenSettings, batch_size: int, prog
     dtype = adapter_for(pipe).denoiser.dtype
     sample = getattr(pipe, "igmu_sampler", None) or pipeline_images
     out, sizes = [], []
+    bad: list = []  # the VAE decoder saw non-finite latents (the plain pipeline clamps +-inf to white or black)
+    decoder = getattr(pipe.vae, "decoder", None)
+    watch = decoder.register_forward_pre_hook(
+        lambda _m, args: bad.append(1) if not bool(torch.isfinite(args[0]).all()) else None) if decoder else None
     i, b = 0, batch_size
-    while i < len(prompts):
-        ps, ss = prompts[i:i + b], seeds[i:i + b]
-        lat = torch.cat([initial_noise(pipe, s, h, w) for s in ss]).to(dev, dtype)
-        neg = [settings.negative_prompt] * len(ps) if settings.negative_prompt else None
-        try:
-            images = sample(pipe, ps, neg, lat, settings.steps, settings.guidance, h, w)
-        except (RuntimeError, MemoryError) as e:
-            ue = hardware_error(e, "generation")
-            if not fit or b == 1 or ue is None or not str(ue).startswith("out of memory"):
-                raise
-            del lat
-            if dev.type == "cuda":
-                torch.cuda.empty_cache()
-            b = min(b, len(ps)) // 2
-            continue
-        out.append((np.asarray(images) * 255).round().clip(0, 255).astype(np.uint8))
-        sizes += [len(ps)] * len(ps)
-        i += len(ps)
-        if progress:
-            progress(len(ps))
+    try:
+        while i < len(prompts):
+            ps, ss = prompts[i:i + b], seeds[i:i + b]
+            lat = torch.cat([initial_noise(pipe, s, h, w) for s in ss]).to(dev, dtype)
+            neg = [settings.negative_prompt] * len(ps) if settings.negative_prompt else None
+            try:
+                images = np.asarray(sample(pipe, ps, neg, lat, settings.steps, settings.guidance, h, w))
+            except (RuntimeError, MemoryError) as e:
+                ue = hardware_error(e, "generation")
+                if not fit or b == 1 or ue is None or not str(ue).startswith("out of memory"):
+                    raise
+                del lat
+                if dev.type == "cuda":
+                    torch.cuda.empty_cache()
+                b = min(b, len(ps)) // 2
+                continue
+            if bad or not np.isfinite(images).all():
+                raise NonFiniteError(f"generation produced non-finite latents (NaN or infinite) for prompt "
+                                     f"{ps[0][:60]!r} (seed {ss[0]}); no image was written. The model's weights, "
+                                     f"its dtype or the settings (--guidance {settings.guidance:g}) may be the cause")
+            out.append((images * 255).round().clip(0, 255).astype(np.uint8))
+            sizes += [len(ps)] * len(ps)
+            i += len(ps)
+            if progress:
+                progress(len(ps))
+    finally:
+        if watch is not None:
+            watch.remove()
     return (np.concatenate(out) if out else np.zeros((0, h, w, 3), np.uint8)), sizes
 
 
 def read_prompt_file(path: str) -> list[str]:
-    p = Path(path)
-    if not p.is_file():
-        raise UserError(f"prompt file {path} does not exist")
-    text = p.read_text(encoding="utf-8", errors="strict")
-    if p.suffix == ".json":
-        try:
-            data = json.loads(text)
-        except json.JSONDecodeError as e:
-            raise UserError(f"prompt file {path} is not valid JSON ({e.msg} at line {e.lineno})") from None
-        prompts = _flatten(data)
+    """Prompts from a UTF-8 text file (one a line; # comments) or DataIGM JSON ({task: {group: [prompt]}})."""
+    from .utils.validate import parse_json, read_text
+
+    text = read_text(path, "prompt file")
+    if Path(path).suffix == ".json":
+        prompts = _flatten(parse_json(text, f"prompt file {path}"))
     else:
         prompts = [ln.strip() for ln in text.splitlines() if ln.strip() and not ln.lstrip().startswith("#")]
     if not prompts:
@@ -134,40 +163,44 @@ def read_prompt_file(path: str) -> list[str]:
 
 
 def _flatten(data) -> list[str]:
-    if isinstance(data, str):
-        return [data] if data.strip() else []
-    if isinstance(data, list):
-        return [p for x in data for p in _flatten(x)]
-    if isinstance(data, dict):
-        return [p for v in data.values() for p in _flatten(v)]
-    return []
+    """Every non-empty string in nested lists and dicts (values), in order; iterative (depth is bounded on load)."""
+    out, stack = [], [data]
+    while stack:
+        x = stack.pop()
+        if isinstance(x, str):
+            if x.strip():
+                out.append(x)
+        elif isinstance(x, (list, dict)):
+            stack.extend(reversed(list(x.values()) if isinstance(x, dict) else x))
+    return out
 
 
 def run_generate(model: str, prompts: list[str], n: int, seed: int, settings: GenSettings, out: Path,
-                 batch_size: int | None = None, progress_factory=None, runtime=None) -> Path:
+                 batch_size: int | None = None, progress_factory=None, runtime=None, force: bool = False) -> Path:
     """Generate n images per prompt into out/ (PNGs + generations.jsonl), atomically. batch_size None:
     chosen to fit (auto_batch, halved on out-of-memory); each record says the batch its image was made in."""
     from PIL import Image
 
     from .artifacts import load_model
     from .utils.device import Runtime, dtype_name, hardware_errors
-    from .utils.io import atomic_dir, check_writable_dir
+    from .utils.io import atomic_dir, check_out
+    from .utils.validate import check_int, check_seed
 
-    if n < 1:
-        raise UserError(f"-n must be at least 1, got {n}")
-    if batch_size is not None and batch_size < 1:
-        raise UserError(f"--batch-size must be at least 1, got {batch_size}")
+    check_int(n, "-n", 1, MAX_IMAGES_PER_PROMPT)
+    if batch_size is not None:
+        check_int(batch_size, "--batch-size", 1, MAX_BATCH)
+    check_seed(seed, "--seed", n)
     runtime = runtime or Runtime()
     prompts = [p.strip() for p in prompts]
     if not prompts or any(not p for p in prompts):
         raise UserError("empty prompt; give a non-empty --prompt or a --prompts file")
+    long = next((i for i, p in enumerate(prompts) if len(p) > MAX_PROMPT_CHARS), None)
+    if long is not None:  # text encoders read 77 tokens; a megabyte of prompt only costs tokenizer time
+        raise UserError(f"prompt {long + 1} is {len(prompts[long]):,} characters long; at most {MAX_PROMPT_CHARS:,}")
     settings.validate()
-    out = Path(out)
-    if out.exists() and out.is_dir() and any(out.iterdir()) and not (out / "generations.jsonl").exists():
-        raise UserError(f"--out {out} is a non-empty folder that igmu did not write; choose an empty or new folder")
-    check_writable_dir(out.parent if not out.exists() else out)
+    out = check_out(out, lambda o: (o / "generations.jsonl").is_file(), "igmu generation folder")
     with hardware_errors("igmu generate"):
-        pipe = load_model(model, runtime.device, runtime.dtype)
+        pipe = load_model(model, runtime.device, runtime.dtype, force=force)
         h, w = _size(pipe, settings)
         pairs = [(i, p, j) for i, p in enumerate(prompts) for j in range(n)]
         progress = progress_factory(len(pairs)) if progress_factory else None
@@ -177,12 +210,12 @@ def run_generate(model: str, prompts: list[str], n: int, seed: int, settings: Ge
         "device": str(runtime.device), "dtype": dtype_name(runtime.dtype)}
     with atomic_dir(out) as tmp:
         (tmp / "images").mkdir()
-        with open(tmp / "generations.jsonl", "w") as f:
+        with open(tmp / "generations.jsonl", "w", encoding="utf-8") as f:
             for (i, p, j), img, b in zip(pairs, imgs, sizes):
                 name = f"images/{i:04d}_{j:03d}.png"
                 Image.fromarray(img).save(tmp / name)
                 rec = {"prompt": p, "prompt_index": i, "seed": seed + j, "model": model, "file": name,
                        "height": h, "width": w, **{k: v for k, v in asdict(settings).items() if k not in ("height", "width")},
                        "batch_size": b, **where}
-                f.write(json.dumps(rec) + "\n")
+                f.write(json.dumps(rec, allow_nan=False) + "\n")
     return out

@@ -21,15 +21,16 @@ import json
 from pathlib import Path
 
 import re
+from typing import Annotated
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from ..errors import UserError
-from ..utils.io import read_mapping
+from ..utils.validate import SEED_MAX, check_seed, load_mapping
 
 
 class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
 
 
 class MethodEntry(_Strict):
@@ -39,10 +40,10 @@ class MethodEntry(_Strict):
 
 
 class EvalSettings(_Strict):
-    images_per_prompt: int | None = Field(None, ge=1)  # default: each task's
-    attack_prompts: int | None = Field(None, ge=0)  # default: each task's
-    steps: int = Field(20, ge=1)
-    guidance: float = Field(5.0, ge=0)
+    images_per_prompt: int | None = Field(None, ge=1, le=10_000)  # default: each task's
+    attack_prompts: int | None = Field(None, ge=0, le=10_000)  # default: each task's
+    steps: int = Field(20, ge=1, le=1000)  # bounds as generate.MAX_STEPS / MAX_GUIDANCE
+    guidance: float = Field(5.0, ge=0, le=100)
     judge: str | None = None
     clip: str | None = None  # CLIP score model; None: decided from the images (the mini world's on its own)
     features: str | None = None  # FID/KID features; None: decided from the images
@@ -52,8 +53,8 @@ class EvalSettings(_Strict):
 
 
 class Resources(_Strict):
-    cpus: float = Field(1, gt=0)
-    gpus: float = Field(0, ge=0)
+    cpus: float = Field(1, gt=0, le=4096)
+    gpus: float = Field(0, ge=0, le=1024)
 
 
 class BenchConfig(_Strict):
@@ -61,7 +62,8 @@ class BenchConfig(_Strict):
     model: str = "mini"
     methods: list[MethodEntry] = Field(min_length=1)
     tasks: list[str] = Field(min_length=1)
-    seeds: list[int] = Field(default_factory=lambda: [0], min_length=1)
+    seeds: list[Annotated[int, Field(ge=0, le=SEED_MAX)]] = Field(default_factory=lambda: [0], min_length=1,
+                                                                   max_length=10_000)
     aspects: list[str] = Field(default_factory=lambda: ["forgetting", "preservation", "quality", "alignment",
                                                         "robustness"])
     evaluation: EvalSettings = Field(default_factory=EvalSettings)
@@ -100,21 +102,21 @@ class BenchConfig(_Strict):
 
 def load_config(path: Path) -> tuple[BenchConfig, dict]:
     """The validated config and its raw mapping; every mistake is one line naming the field or name."""
-    from ..evaluation.evaluate import check_aspects
-    from ..evaluation.judges import get_judge
+    from ..evaluation.evaluate import EvalConfig, check_aspects, check_eval_specs, eval_seed_span
     from ..methods import REGISTRY, get_method
     from ..methods.base import parse_config
     from ..tasks import load_task
 
     path = Path(path)
-    raw = read_mapping(path, "bench config")
+    raw = load_mapping(path, "bench config")
     try:
         cfg = BenchConfig(**raw)
     except ValidationError as e:
         err = e.errors()[0]
         loc = ".".join(str(x) for x in err["loc"])
-        what = "unknown field" if err["type"] == "extra_forbidden" else "bad value for"
-        raise UserError(f"bench config {path}: {what} {loc!r}" + ("" if what == "unknown field" else f": {err['msg']}"))
+        what = {"extra_forbidden": "unknown field", "missing": "missing field"}.get(err["type"], "bad value for")
+        raise UserError(f"bench config {path}: {what} {loc!r}" + ("" if what != "bad value for" else f": {err['msg']}")) \
+            from None
     labels = [m.label for m in cfg.methods]
     if len(set(labels)) != len(labels):
         raise UserError(f"bench config {path}: method labels must be unique; repeated: "
@@ -122,17 +124,34 @@ def load_config(path: Path) -> tuple[BenchConfig, dict]:
     for m in cfg.methods:
         if m.method not in REGISTRY:
             raise UserError(f"bench config {path}: unknown method {m.method!r}; available: {', '.join(sorted(REGISTRY))}")
-        parse_config(get_method(m.method), None, [f"{k}={json.dumps(v) if not isinstance(v, str) else v}"
-                                                  for k, v in m.set.items()])
+        try:
+            parse_config(get_method(m.method), None, [f"{k}={json.dumps(v) if not isinstance(v, str) else v}"
+                                                      for k, v in m.set.items()])
+        except UserError as e:
+            raise UserError(f"bench config {path}: method {m.label!r}: {e}") from None
     base = path.parent
+    ev = cfg.evaluation
     for t in cfg.tasks:
         try:
-            load_task(_task_path(t, base))
+            task = load_task(_task_path(t, base))
         except UserError as e:
             raise UserError(f"bench config {path}: task {t!r}: {e}") from None
-    check_aspects(cfg.aspects)
-    if cfg.evaluation.judge:
-        get_judge(cfg.evaluation.judge)
+        if ev.images_per_prompt is not None:
+            task.images_per_prompt = ev.images_per_prompt
+        if ev.attack_prompts is not None:
+            task.attack.prompts = ev.attack_prompts
+        for s in cfg.seeds:
+            try:
+                check_seed(s, "seed", eval_seed_span(task))
+            except UserError as e:
+                raise UserError(f"bench config {path}: task {t!r}: {e}") from None
+        try:  # what each cell's evaluation would refuse after its erasure: refused now
+            check_eval_specs(EvalConfig(aspects=check_aspects(cfg.aspects), judge=ev.judge, clip=ev.clip,
+                                        features=ev.features, perceptual=ev.perceptual, fid_weights=ev.fid_weights,
+                                        lpips_weights=ev.lpips_weights), task,
+                             {"original": cfg.model, "unlearned": cfg.model})
+        except UserError as e:
+            raise UserError(f"bench config {path}: task {t!r}: {e}") from None
     return cfg, raw
 
 

@@ -104,7 +104,7 @@ def run_cell(cell: dict, bench_dir: str, cfg_dict: dict) -> dict:
     from ..evaluation.evaluate import EvalConfig, evaluate
     from ..generate import GenSettings
     from ..tasks import load_task
-    from ..utils.io import atomic_path
+    from ..utils.io import atomic_path, dumps_json
 
     t0 = time.perf_counter()
     cfg = BenchConfig(**cfg_dict)
@@ -131,7 +131,7 @@ def run_cell(cell: dict, bench_dir: str, cfg_dict: dict) -> dict:
     res["unlearned"] = str(Path(unlearned).relative_to(bdir)) if Path(unlearned).is_relative_to(bdir) else unlearned
     res["cell"] = {k: cell[k] for k in ("id", "method_label", "method", "set", "task", "seed")}
     with atomic_path(cdir / "results.json") as tmp:
-        Path(tmp).write_text(json.dumps(res, indent=1))
+        Path(tmp).write_text(dumps_json(res, indent=1))
     return {"id": cell["id"], "seconds": round(time.perf_counter() - t0, 1), "status": "done"}
 
 
@@ -146,13 +146,10 @@ def _clean_stale(bdir: Path) -> None:
 
 def prepare(config: Path, out: Path) -> tuple[BenchConfig, dict, list[dict]]:
     from ..utils.versions import versions as _versions
-    from ..utils.io import atomic_path, check_writable_dir
+    from ..utils.io import atomic_path, check_out, dumps_json
 
     cfg, raw = load_config(config)
-    out = Path(out)
-    if out.exists() and (not out.is_dir() or (any(out.iterdir()) and not (out / "bench.json").is_file())):
-        raise UserError(f"--out {out} exists and is not an igmu bench folder; choose a new folder")
-    check_writable_dir(out.parent if not out.exists() else out)
+    out = check_out(out, lambda o: (o / "bench.json").is_file(), "igmu bench folder")  # rerun: resume
     out.mkdir(parents=True, exist_ok=True)
     _clean_stale(out)
     cells = plan_cells(cfg, Path(config).parent)
@@ -166,7 +163,7 @@ def prepare(config: Path, out: Path) -> tuple[BenchConfig, dict, list[dict]]:
 
     bench["provenance"]["model_fingerprint"] = model_fingerprint(cfg.model)
     with atomic_path(out / "bench.json") as tmp:
-        Path(tmp).write_text(json.dumps(bench, indent=1))
+        Path(tmp).write_text(dumps_json(bench, indent=1))
     return cfg, bench, cells
 
 

@@ -197,7 +197,7 @@ class Adapter:
     def check_prompt(self, text: str, what: str = "target") -> None:
         """A concept must be non-empty and fit the tokenizer's context."""
         if not text or not text.strip():
-            raise UserError(f"empty {what}; give the concept as text, e.g. --target \"circle\"")
+            raise UserError(f"empty {what}; give the concept as text")
         n = len(self.tokenizer(text).input_ids)
         if n > self.max_length:
             raise UserError(f"{what} {text!r} is {n} tokens; this model's tokenizer takes at most {self.max_length}")

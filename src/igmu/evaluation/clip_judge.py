@@ -93,7 +93,10 @@ class ClipModel:
         cfg = self.folder / "config.json"
         if not cfg.is_file():
             raise UserError(f"{self.folder} has no config.json; pass a folder saved with CLIPModel.save_pretrained")
-        mtype = json.loads(cfg.read_text()).get("model_type")
+        from ..utils.validate import load_json
+
+        conf = load_json(cfg, "CLIP config")
+        mtype = conf.get("model_type") if isinstance(conf, dict) else None
         if mtype != "clip":
             raise UserError(f"{self.folder} holds a {mtype!r} model, not a CLIP model (model_type 'clip')")
         try:
@@ -326,7 +329,13 @@ class ClipHeadJudge(Judge):
         d = Path(ref).expanduser()
         if not (d / "card.json").is_file() or not (d / "head.safetensors").is_file():
             raise UserError(f"no judge head at {d} (expected card.json and head.safetensors from `igmu judge train`)")
-        card = json.loads((d / "card.json").read_text())
+        from ..utils.validate import load_json
+
+        card = load_json(d / "card.json", "judge card")
+        if not (isinstance(card, dict) and isinstance(card.get("classes"), list) and card["classes"]
+                and all(isinstance(c, str) for c in card["classes"]) and isinstance(card.get("clip"), str)):
+            raise UserError(f"judge card {d / 'card.json'} is damaged: it needs 'classes' (a list of names) and "
+                            "'clip' (retrain it: igmu judge train)")
         self.classes = list(card["classes"])
         self.feats = _Features(card["clip"])
         if card.get("clip_weights_sha256") not in (None, self.feats.weights_sha256):

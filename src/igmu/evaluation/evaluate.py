@@ -86,6 +86,24 @@ def check_aspects(aspects: list[str]) -> list[str]:
     return list(dict.fromkeys(aspects))
 
 
+def eval_seed_span(task) -> int:
+    """How many seeds an evaluation derives from --seed: seed + j for image j of a prompt, and UnlearnDiffAtk's
+    seed + 1000 * i for attacked prompt i (attacks/unlearndiffatk.py)."""
+    return max(task.images_per_prompt, 1000 * task.attack.prompts, 1)
+
+
+def check_eval_specs(cfg: EvalConfig, task, models: dict) -> None:
+    """What evaluate() decides before it generates anything, done at once: the metric networks' specs resolve
+    and the judges load. For configs that run later (a bench config is checked before its first erasure)."""
+    from .judges import get_judge
+
+    metric_networks(metric_specs(check_aspects(cfg.aspects), task, cfg, models, False), cfg)  # built once, kept
+    get_judge(resolve_judge(cfg.judge or task.judge, cfg.clip))
+    cj = cfg.carrier_judge or task.carrier_judge
+    if cj:
+        get_judge(resolve_judge(cj, cfg.clip))
+
+
 class _Models:
     """Lazily loaded pipelines and the image source for each role, through the cache."""
 
@@ -450,16 +468,11 @@ def _attack(models: _Models, J: _Judged, task, cfg: EvalConfig, progress) -> dic
 
 def write_eval_folder(out: Path, res: dict, files: dict[str, str]) -> Path:
     """results.json and the given text files in `out`, atomically; refuses a folder igmu did not write."""
-    import json
+    from ..utils.io import atomic_dir, check_out, dumps_json
 
-    from ..utils.io import atomic_dir, check_writable_dir
-
-    out = Path(out)
-    if out.exists() and (not out.is_dir() or (any(out.iterdir()) and not (out / "results.json").exists())):
-        raise UserError(f"--out {out} exists and is not an igmu evaluation folder; choose a new folder")
-    check_writable_dir(out.parent if not out.exists() else out)
+    out = check_out(out, lambda o: (o / "results.json").is_file(), "igmu evaluation folder")
     with atomic_dir(out) as tmp:
-        (tmp / "results.json").write_text(json.dumps(res, indent=1))
+        (tmp / "results.json").write_text(dumps_json(res, indent=1))  # NaN (a metric of no data) -> null
         for name, text in files.items():
             (tmp / name).write_text(text)
     return out

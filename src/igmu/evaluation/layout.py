@@ -25,10 +25,7 @@ folder (generic):
 """
 from __future__ import annotations
 
-import csv
 import hashlib
-import io
-import json
 import re
 from dataclasses import dataclass
 from pathlib import Path
@@ -69,12 +66,11 @@ def file_key(path: Path) -> str:
 
 
 def _json_file(path: Path, what: str) -> dict:
+    from ..utils.validate import load_json
+
     if not path.is_file():
         raise UserError(f"layout mismatch: {path} is missing ({what})")
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
-        raise UserError(f"{path} is not valid JSON: {str(e).splitlines()[0]}") from None
+    data = load_json(path, "prompt file")
     if not isinstance(data, dict):
         raise UserError(f"layout mismatch: {path} must be a JSON object {{concept: {{group: [prompt, ...]}}}}")
     return data
@@ -251,23 +247,19 @@ class FolderLayout:
 
 
 def _read_prompt_map(path) -> dict[str, str]:
+    from ..utils.validate import parse_json, read_csv_rows, read_text
+
     p = Path(path).expanduser()
-    if not p.is_file():
+    if not p.exists():
         raise UserError(f"--prompts {path}: no such file (for --layout folder: a CSV with columns file,prompt or "
                         "JSON {file: prompt})")
-    try:
-        text = p.read_text(encoding="utf-8-sig")
-    except UnicodeDecodeError:
-        raise UserError(f"--prompts {path} is not UTF-8 text") from None
+    text = read_text(p, "--prompts")
     if p.suffix.lower() == ".json":
-        try:
-            data = json.loads(text)
-        except json.JSONDecodeError as e:
-            raise UserError(f"--prompts {path} is not valid JSON: {e}") from None
+        data = parse_json(text, f"--prompts {path}")
         if not isinstance(data, dict) or not all(isinstance(v, str) for v in data.values()):
             raise UserError(f"--prompts {path} must be a JSON object {{file: prompt}}")
         return {str(k): v for k, v in data.items()}
-    rows = list(csv.DictReader(io.StringIO(text)))
+    rows = read_csv_rows(text, f"--prompts {path}")
     if not rows or not {"file", "prompt"} <= {c.strip().lower() for c in rows[0]}:
         raise UserError(f"--prompts {path} must be a CSV with columns file,prompt")
     cols = {c.strip().lower(): c for c in rows[0]}

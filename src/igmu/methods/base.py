@@ -18,20 +18,91 @@ Two kinds of eraser:
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import ClassVar, Protocol
+from typing import ClassVar, Literal, Protocol, get_args, get_origin
 
 import numpy as np
 
-import yaml
 from pydantic import BaseModel, ConfigDict, ValidationError
 
 from ..diffusion.arch import FAMILIES as FAMILY_LABELS
 from ..errors import UserError
 
 
+SEED_MAX = 2 ** 63 - 1
+# Upper bounds of integer options whose Field sets none, by option name (the first entry whose words the name
+# ends with, else INT_MAX_DEFAULT). A method's own Field(le=...) wins. `igmu method NAME` shows every bound.
+INT_MAX_BY_NAME = (
+    ("seed", SEED_MAX - 2 ** 32),  # a method derives seeds from it (seed + k, seed + 7919 * i): they must fit too
+    ("sample_steps", 1000), ("timesteps", 1000),  # at most a scheduler's 1,000 training timesteps
+    ("iterations", 100_000), ("steps", 100_000), ("step", 100_000), ("iter", 100_000), ("iters", 100_000),
+    ("warm_up", 100_000),  # training length: 100x the longest official schedule (ESD 1,000; SA ~12,500)
+    ("epochs", 10_000),
+)
+INT_MAX_DEFAULT = 1_000_000  # images, batch sizes, ranks, prompt counts: bounded so that no count is unbounded
+
+
+def _int_max(name: str) -> int:
+    for suffix, bound in INT_MAX_BY_NAME:
+        if name == suffix or name.endswith("_" + suffix):
+            return bound
+    return INT_MAX_DEFAULT
+
+
 class MethodConfig(BaseModel):
-    """Hyper-parameters of a method; unknown options are errors."""
-    model_config = ConfigDict(extra="forbid")
+    """Hyper-parameters of a method; unknown options are errors.
+
+    The Field bounds are the one source of truth for what a method accepts: every float option must be finite
+    (allow_inf_nan=False, for all methods at once), every integer option has an upper bound (its Field's le/lt,
+    else INT_MAX_BY_NAME / INT_MAX_DEFAULT, added to the Field here) and the seed a lower bound of 0.
+    `option_table` reads them back for `igmu method NAME`."""
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
+
+    @classmethod
+    def __pydantic_init_subclass__(cls, **kw):
+        import annotated_types as at
+
+        super().__pydantic_init_subclass__(**kw)
+        changed = False
+        for name, f in cls.model_fields.items():
+            if f.annotation is not int and f.annotation != (int | None):
+                continue
+            if not any(isinstance(m, (at.Le, at.Lt)) for m in f.metadata):
+                f.metadata.append(at.Le(_int_max(name)))
+                changed = True
+            if name == "seed" and not any(isinstance(m, (at.Ge, at.Gt)) for m in f.metadata):
+                f.metadata.append(at.Ge(0))
+                changed = True
+        if changed:
+            cls.model_rebuild(force=True)
+
+
+def option_table(config_cls: type[MethodConfig]) -> list[tuple[str, str, str, str]]:
+    """(name, type, default, bounds) of every option of a method config, read from its Fields."""
+    import annotated_types as at
+
+    rows = []
+    for name, f in config_cls.model_fields.items():
+        ann = f.annotation
+        if get_origin(ann) is Literal:
+            tname = "one of " + "|".join(map(str, get_args(ann)))
+        else:
+            tname = getattr(ann, "__name__", None) or str(ann).replace("typing.", "")
+        lo = hi = ""
+        for m in f.metadata:
+            if isinstance(m, at.Ge):
+                lo = f">= {m.ge:g}"
+            elif isinstance(m, at.Gt):
+                lo = f"> {m.gt:g}"
+            elif isinstance(m, at.Le):
+                hi = f"<= {m.le:,}" if isinstance(m.le, int) else f"<= {m.le:g}"
+            elif isinstance(m, at.Lt):
+                hi = f"< {m.lt:g}"
+        bounds = ", ".join(x for x in (lo, hi) if x)
+        if ann in (float, float | None) or "float" in tname:
+            bounds = ", ".join(x for x in (bounds, "finite") if x)
+        default = f.get_default(call_default_factory=True)
+        rows.append((name, tname, repr(default) if isinstance(default, str) else str(default), bounds))
+    return rows
 
 
 @dataclass
@@ -129,26 +200,25 @@ def get_method(name: str) -> Eraser:
 
 def parse_config(method: Eraser, config_file: str | None = None, sets: list[str] | None = None) -> MethodConfig:
     """Defaults <- YAML file <- key=value overrides; unknown keys and bad values are one-line errors."""
+    from ..utils.validate import load_mapping, parse_yaml, read_text
+
     values: dict = {}
     if config_file:
-        try:
-            with open(config_file) as f:
-                loaded = yaml.safe_load(f) or {}
-        except OSError as e:
-            raise UserError(f"cannot read --config {config_file}: {e.strerror}") from None
-        except yaml.YAMLError as e:
-            raise UserError(f"--config {config_file} is not valid YAML: {str(e).splitlines()[0]}") from None
-        if not isinstance(loaded, dict):
-            raise UserError(f"--config {config_file} must be a mapping of option: value")
+        if not read_text(config_file, "--config").strip():
+            loaded = {}  # an empty file: the defaults
+        else:
+            loaded = load_mapping(config_file, "--config")
         values.update(loaded)
     for s in sets or []:
         if "=" not in s:
             raise UserError(f"--set takes key=value, got {s!r}")
         k, v = s.split("=", 1)
         try:
-            values[k.strip()] = yaml.safe_load(v)
-        except yaml.YAMLError:  # not a YAML scalar (e.g. "{} and {}"): take it as a plain string
-            values[k.strip()] = v
+            values[k.strip()] = parse_yaml(v, f"--set {k.strip()}")
+        except UserError as e:
+            if "is not valid YAML" not in str(e):  # too deep, too large or non-finite: refused
+                raise
+            values[k.strip()] = v  # not a YAML scalar (e.g. "{} and {}"): take it as a plain string
     fields = method.Config.model_fields
     unknown = [k for k in values if k not in fields]
     if unknown:

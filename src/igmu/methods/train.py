@@ -10,7 +10,8 @@ device and precision, gradient checkpointing, and which tensors changed (what th
     loop.run(cfg.iterations, compute_loss, advance)    # compute_loss(step) -> loss or (loss, {name: value})
     return loop.changed("unet")
 
-A step: compute_loss(step); zero the gradients; backward (or the method's own `backward` hook, e.g.
+A step: compute_loss(step) (a NaN or infinite loss stops the loop at once: NonFiniteError naming the step);
+zero the gradients; backward (or the method's own `backward` hook, e.g.
 DoCo's gradient surgery); the `adjust_gradients` hook (SalUn's saliency mask, ScissorHands' projection);
 clip to max_grad_norm; optimizer step; schedule step; the `after_step` hook (DoCo's discriminator). A step
 whose loss is None, or does not require grad, makes no update (a warm-up step; an empty mask).
@@ -36,7 +37,7 @@ from typing import Callable, Literal
 import numpy as np
 import torch
 
-from ..errors import UserError
+from ..errors import NonFiniteError, UserError
 from ..utils.device import current_runtime
 
 # ---------------------------------------------------------------- parameter selection
@@ -202,6 +203,11 @@ class FineTune:
                 with self.autocast():
                     out = compute_loss(i)
                 loss, info = out if isinstance(out, tuple) else (out, {})
+                if loss is not None and not bool(torch.isfinite(loss.detach()).all()):
+                    # stop before an update spreads it into every trained weight (erase.run_erase names the options)
+                    v = loss.detach().reshape(-1)
+                    raise NonFiniteError(f"the training loss became {v[~torch.isfinite(v)][0].item()} at step "
+                                         f"{i + 1} of {steps}", step=i + 1)
                 if loss is not None and loss.requires_grad:
                     self._update(loss)
                 if self.after_step is not None:

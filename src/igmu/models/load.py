@@ -29,31 +29,42 @@ def resolve_model(spec: str) -> str:
         if not p.is_dir():
             raise UserError(f"--model {spec} is a file, not a diffusers pipeline folder")
         idx = p / "model_index.json"
+        if not idx.is_file() and (p / "manifest.json").is_file():
+            raise UserError(f"--model {spec} is an igmu artifact, not a pipeline folder; here it needs a pipeline "
+                            f"(merge it first: igmu export {spec} --out MERGED)")
         if not idx.is_file():
             raise UserError(f"--model {spec} is not a diffusers pipeline folder (no model_index.json in it)")
-        try:
-            json.loads(idx.read_text())
-        except (OSError, json.JSONDecodeError) as e:
-            raise UserError(f"--model {spec}: model_index.json is unreadable ({e})") from None
+        from ..utils.validate import load_json
+
+        if not isinstance(load_json(idx, f"--model {spec}: model_index.json"), dict):
+            raise UserError(f"--model {spec}: model_index.json is not a mapping")
         return str(p)
     if _HUB_ID.match(spec) and not spec.startswith((".", "/", "~")):
         return spec  # a hub id: tried by from_pretrained, offline-safe error below
     raise UserError(f"unknown model {spec!r}: no such folder; give 'mini', a local diffusers pipeline folder, or a hub id")
 
 
+_HASHES: dict = {}  # (folder, its files' names, sizes and mtimes) -> hash, within one process
+
+
 def model_hash(where: str) -> str:
-    """sha256 over a pipeline folder's configs and weights (a hub id hashes as its name)."""
+    """sha256 over a pipeline folder's configs and weights (a hub id hashes as its name). Remembered within a
+    process while no file's size or modification time changes (checking an artifact's base hashes it)."""
     p = Path(where)
     if not p.is_dir():
         return "hub:" + where
+    files = [f for f in sorted(p.rglob("*")) if f.is_file() and f.suffix in (".json", ".safetensors", ".txt", ".bin")]
+    stamp = (str(p.resolve()), tuple((str(f), f.stat().st_size, f.stat().st_mtime_ns) for f in files))
+    if stamp in _HASHES:
+        return _HASHES[stamp]
     h = hashlib.sha256()
-    for f in sorted(p.rglob("*")):
-        if f.is_file() and f.suffix in (".json", ".safetensors", ".txt", ".bin"):
-            h.update(str(f.relative_to(p)).encode())
-            with open(f, "rb") as fh:
-                for chunk in iter(lambda: fh.read(1 << 20), b""):
-                    h.update(chunk)
-    return h.hexdigest()
+    for f in files:
+        h.update(str(f.relative_to(p)).encode())
+        with open(f, "rb") as fh:
+            for chunk in iter(lambda: fh.read(1 << 20), b""):
+                h.update(chunk)
+    _HASHES[stamp] = h.hexdigest()
+    return _HASHES[stamp]
 
 
 def _has_safety_checker(where: str) -> bool:
@@ -90,7 +101,12 @@ def load_pipeline(spec: str, device="cpu", dtype=None):
     try:
         pipe = DiffusionPipeline.from_pretrained(where, local_files_only=os.path.isdir(where), **kwargs)
     except Exception as e:  # a user-facing load: report the cause in one line
-        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        text = re.sub(r"\x1b\[[0-9;]*m", "", str(e)).strip()
+        first = text.splitlines()[0] if text else type(e).__name__
+        if "weights only" in text.lower() or "weights_only" in text:
+            # torch.load(weights_only=True) refused a pickle holding Python objects: never suggest loading it anyway
+            first = ("a component's weights are a pickle (.bin/.pt) holding Python objects, which igmu never unpickles "
+                     "(unpickling can run code); use a pipeline saved as safetensors")
         if os.path.isdir(where):
             raise UserError(f"could not load pipeline from {where}: {first}") from None
         raise UserError(f"could not load {spec!r}: not a local folder, and the hub gave: {first}") from None
@@ -99,7 +115,22 @@ def load_pipeline(spec: str, device="cpu", dtype=None):
     for name in ("text_encoder", "tokenizer", "vae"):
         if getattr(pipe, name, None) is None:
             raise UserError(f"{spec!r} is not a text-to-image diffusion pipeline igmu can drive (it has no {name})")
+    check_finite_weights(pipe, spec)
     pipe.set_progress_bar_config(disable=True)
     if str(device) != "cpu":
         pipe.to(device)
     return pipe
+
+
+def check_finite_weights(pipe, spec: str) -> None:
+    """Refuse a pipeline with NaN or infinite weights: erasing from it, or generating with it, gives garbage
+    (black images) without a word. One pass over every floating parameter and buffer."""
+    import torch
+
+    for comp_name, comp in pipe.components.items():
+        if not isinstance(comp, torch.nn.Module):
+            continue
+        for name, t in list(comp.named_parameters()) + list(comp.named_buffers()):
+            if t.is_floating_point() and not bool(torch.isfinite(t).all()):
+                raise UserError(f"model {spec!r} has non-finite weights (NaN or infinite) in {comp_name}.{name}; "
+                                "it cannot be used: repair or re-download it")

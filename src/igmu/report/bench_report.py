@@ -19,8 +19,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from ..errors import UserError
+from ..evaluation.results_schema import check_results
 from ..evaluation.summary import md, rows as summary_rows
 from ..utils.io import atomic_path, check_writable_dir
+from ..utils.validate import MAX_RESULTS_BYTES, parse_json, read_text
 from .html import bar_chart, details, esc, html_table, page, png_bytes_data_uri, png_size, radar_chart
 
 SCHEMA = "igmu-bench"
@@ -88,14 +90,14 @@ def load_bench(bench_dir: Path) -> Bench:
     if not bj.is_file():
         raise UserError(f"{_one_line(root)} has no bench.json: not an igmu bench folder: run igmu bench first")
     try:
-        meta = json.loads(bj.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, ValueError) as e:
-        raise UserError(f"cannot read {_one_line(bj)}: {_one_line(e)}") from None
+        meta = parse_json(read_text(bj, "file", MAX_RESULTS_BYTES), "it", allow_nan=True)
+    except UserError as e:
+        raise UserError(f"cannot read {_one_line(bj)}: {e}") from None
     if not isinstance(meta, dict) or meta.get("schema") != SCHEMA:
         raise UserError(f"cannot read {_one_line(bj)}: not an igmu-bench file (schema "
                         f"{_one_line(meta.get('schema') if isinstance(meta, dict) else type(meta).__name__)!r})")
     version = meta.get("schema_version")
-    if not isinstance(version, int) or version > 1:
+    if not isinstance(version, int) or isinstance(version, bool) or version > 1:
         raise UserError(f"cannot read {_one_line(bj)}: schema_version {_one_line(version)!r}; "
                         "this igmu reads version 1, upgrade igmu")
     cells_in = meta.get("cells")
@@ -110,20 +112,20 @@ def load_bench(bench_dir: Path) -> Bench:
         rp = root / "cells" / cid / "results.json"
         if not _CELL_ID.match(cid) or cid in (".", ".."):
             cell.status, cell.problem = "unreadable", "cell id is not a folder name"
-        elif rp.is_file():
+        elif rp.exists():
             try:
-                res = json.loads(rp.read_text(encoding="utf-8"))
-                if not isinstance(res, dict) or not isinstance(res.get("aggregates"), dict):
-                    raise ValueError("not an igmu-results file")
-                if res.get("schema_version", 1) > 1:
-                    raise ValueError(f"results schema_version {res.get('schema_version')} is newer than this igmu")
+                res = check_results(parse_json(read_text(rp, "file", MAX_RESULTS_BYTES), "it", allow_nan=True))
                 cell.results, cell.status = res, "finished"
                 if not cell.task:
-                    cell.task = str((res.get("task") or {}).get("name", ""))
-            except (OSError, UnicodeDecodeError, ValueError, TypeError) as e:
+                    cell.task = str((res.get("task") or {}).get("name") or "")
+            except (UserError, ValueError) as e:
                 cell.status, cell.problem = "unreadable", _one_line(e)
         bench.cells.append(cell)
     if not any(c.status == "finished" for c in bench.cells):
+        bad = [c for c in bench.cells if c.status == "unreadable"]
+        if bad:
+            raise UserError(f"no readable results in {_one_line(root)}: {len(bad)} of its {len(bench.cells)} cells "
+                            f"have a malformed results.json (cells/{_one_line(bad[0].id)}: {bad[0].problem})")
         raise UserError(f"no finished cell in {_one_line(root)} (none of its {len(bench.cells)} cells has a "
                         "results.json yet): run igmu bench first, or wait for it")
     return bench

@@ -6,6 +6,11 @@ from .task import SOURCES, Task, task_from_dict, task_from_file, task_sources, t
 def load_task(spec: str) -> Task:
     """A task from a YAML/JSON file, or from a registered source 'PREFIX:NAME' (the mini world's:
     mini:style-striped)."""
+    if not isinstance(spec, str) or not spec.strip():
+        from ..errors import UserError
+
+        raise UserError("empty --task; give a task YAML file or a registered source's PREFIX:NAME "
+                        "(e.g. mini:style-striped)")
     prefix, sep, name = spec.partition(":")
     if sep and prefix in task_sources():
         return SOURCES[prefix][0](name)

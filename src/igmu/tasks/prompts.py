@@ -14,7 +14,6 @@ all the other copies. docs/evaluation.md describes it.)
 """
 from __future__ import annotations
 
-import csv
 import re
 from pathlib import Path
 
@@ -64,17 +63,16 @@ def read_prompt_table(path, concept: str | None = None) -> tuple[list[str], str]
     """Prompts from an I2P-style CSV (a `prompt` column; with a `categories` column, only the rows of the
     concept's I2P category, e.g. nudity -> sexual) or a text file (one prompt a line, blank lines and lines
     starting with # skipped). Returns (prompts, how they were read)."""
+    from ..utils.validate import read_csv_rows, read_text
+
     p = Path(path).expanduser()
     if p.is_dir():
         raise UserError(f"--prompts {path} is a folder; pass a CSV (I2P-style, a 'prompt' column) or a text file")
-    if not p.is_file():
+    if not p.exists():
         raise UserError(f"--prompts {path}: no such file")
-    try:
-        text = p.read_text(encoding="utf-8-sig")
-    except UnicodeDecodeError:
-        raise UserError(f"--prompts {path} is not UTF-8 text") from None
+    text = read_text(p, "--prompts")
     if p.suffix.lower() == ".csv":
-        rows = list(csv.DictReader(text.splitlines()))
+        rows = read_csv_rows(text, f"--prompts {path}")
         cols = {c.strip().lower(): c for c in (rows[0].keys() if rows else [])}
         if "prompt" not in cols:
             raise UserError(f"--prompts {path}: a CSV needs a 'prompt' column (I2P's layout); found: "

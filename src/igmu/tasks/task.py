@@ -40,6 +40,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from ..errors import UserError
+from ..utils.validate import TASK_FIELDS, check_concepts
 
 KINDS = ("object", "style", "identity", "unsafe", "attribute", "instance")
 BINDING = {"object": "stand-alone", "identity": "stand-alone", "instance": "stand-alone",
@@ -50,7 +51,7 @@ ROBUSTNESS_GROUPS = ("synonym", "paraphrase", "multilingual", "implicit")  # doc
 
 
 class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
 
 
 class Category(_Strict):
@@ -67,7 +68,7 @@ class Category(_Strict):
 
 
 class PromptRecord(_Strict):
-    prompt: str
+    prompt: str = Field(max_length=10_000)  # generate.MAX_PROMPT_CHARS
     expect: list[str] = Field(default_factory=list)
     stripped: str | None = None
 
@@ -82,12 +83,12 @@ class PromptRecord(_Strict):
 class AttackSettings(_Strict):
     """UnlearnDiffAtk on the first `prompts` explicit forget prompts (0: no attack).
     tokens / steps / lr: the official UnlearnDiffAtk setting (5 prefix tokens, 40 iterations, lr 0.01)."""
-    prompts: int = Field(4, ge=0)
-    tokens: int = Field(5, ge=1)
-    steps: int = Field(40, ge=1)
-    lr: float = Field(0.01, gt=0)
-    check_every: int = Field(10, ge=1)  # judge an image of the current prompt every k iterations
-    target_images: int = Field(4, ge=1)  # images of the target (original model) the attack matches
+    prompts: int = Field(4, ge=0, le=10_000)
+    tokens: int = Field(5, ge=1, le=75)  # at most a CLIP context (77) minus start and end tokens
+    steps: int = Field(40, ge=1, le=100_000)
+    lr: float = Field(0.01, gt=0, le=100)
+    check_every: int = Field(10, ge=1, le=100_000)  # judge an image of the current prompt every k iterations
+    target_images: int = Field(4, ge=1, le=1000)  # images of the target (original model) the attack matches
 
 
 class Task(_Strict):
@@ -102,7 +103,7 @@ class Task(_Strict):
     carrier_judge: str | None = None
     prompts: dict[Literal["forget", "retain"], dict[str, list[PromptRecord]]] = Field(default_factory=dict)
     prompts_file: str | None = None
-    images_per_prompt: int = Field(2, ge=1)
+    images_per_prompt: int = Field(2, ge=1, le=10_000)  # generate.MAX_IMAGES_PER_PROMPT
     attack: AttackSettings = Field(default_factory=AttackSettings)
 
     @field_validator("prompts", mode="before")
@@ -114,8 +115,8 @@ class Task(_Strict):
         for which, groups in v.items():
             if not isinstance(groups, dict):
                 raise ValueError(f"prompts.{which} must map group names to lists of prompts")
-            out[which] = {g: [{"prompt": p} if isinstance(p, str) else p for p in (ps or [])]
-                          for g, ps in groups.items()}
+            out[which] = {g: [{"prompt": p} if isinstance(p, str) else p for p in ps] if isinstance(ps, list)
+                          else ([] if ps is None else ps) for g, ps in groups.items()}  # not a list: pydantic says so
         return out
 
     # --- views ---------------------------------------------------------
@@ -174,6 +175,10 @@ def task_from_dict(data: dict, where: str = "task", base_dir: Path | None = None
         task = Task(**data)
     except ValidationError as e:
         raise UserError(_first_error(e, where)) from None
+    try:
+        check_concepts(task.targets, task.anchor, task.preserve, TASK_FIELDS)
+    except UserError as e:
+        raise UserError(f"{where}: {e}") from None
     if not task.forget().get("explicit"):
         raise UserError(f"{where}: prompts.forget.explicit must list at least one prompt that names the target")
     return task

@@ -11,8 +11,13 @@ from pathlib import Path
 
 @contextlib.contextmanager
 def atomic_path(final: str | os.PathLike):
-    """Yield a temporary path beside `final`; rename it onto `final` only if the block succeeds."""
+    """Yield a temporary path beside `final`; rename it onto `final` only if the block succeeds.
+    A folder at `final` is never replaced by a file."""
     final = Path(final)
+    if final.is_dir():
+        from ..errors import UserError
+
+        raise UserError(f"output path {final} is a folder, not a file; choose another path")
     final.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{final.name}.", suffix=".tmp", dir=final.parent)
     os.close(fd)
@@ -27,8 +32,15 @@ def atomic_path(final: str | os.PathLike):
 
 @contextlib.contextmanager
 def atomic_dir(final: str | os.PathLike):
-    """Yield a temporary folder beside `final`; swap it in only if the block succeeds."""
+    """Yield a temporary folder beside `final`; swap it in only if the block succeeds.
+
+    An existing folder at `final` is replaced: callers decide first whether it may be (check_out).
+    An existing file there is never turned into a folder."""
     final = Path(final)
+    if final.exists() and not final.is_dir():
+        from ..errors import UserError
+
+        raise UserError(f"output path {final} is a file, not a folder; choose another --out")
     final.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{final.name}.", suffix=".tmp", dir=final.parent))
     try:
@@ -46,9 +58,64 @@ def atomic_dir(final: str | os.PathLike):
             shutil.rmtree(tmp, ignore_errors=True)
 
 
+def finite_json(obj):
+    """`obj` with every NaN or infinite float replaced by None (null): JSON has no NaN or Infinity, and strict
+    readers refuse them. Iterative over lists and dicts."""
+    import math
+
+    def fix(x):
+        return None if isinstance(x, float) and not math.isfinite(x) else x
+
+    root = [obj]
+    stack = [(root, 0)]
+    while stack:
+        parent, key = stack.pop()
+        x = parent[key]
+        if isinstance(x, dict):
+            x = parent[key] = dict(x)
+            stack.extend((x, k) for k in x)
+        elif isinstance(x, (list, tuple)):
+            x = parent[key] = list(x)
+            stack.extend((x, i) for i in range(len(x)))
+        else:
+            parent[key] = fix(x)
+    return root[0]
+
+
+def dumps_json(obj, **kw) -> str:
+    """json.dumps of finite_json(obj): never NaN or Infinity in a file igmu writes."""
+    return json.dumps(finite_json(obj), allow_nan=False, **kw)
+
+
 def write_json(path, obj) -> None:
     with atomic_path(path) as tmp:
-        tmp.write_text(json.dumps(obj, indent=2, sort_keys=True) + "\n")
+        tmp.write_text(dumps_json(obj, indent=2, sort_keys=True) + "\n")
+
+
+def check_out(out: str | os.PathLike, ours, what: str, overwrite: bool = True, flag: str = "--out") -> Path:
+    """The rule every command follows before writing its output folder `out` (then written with atomic_dir):
+
+    - a file at `out` is refused (it is never turned into a folder);
+    - an existing non-empty folder that igmu did not write (`ours(out)` is false) is refused, always;
+    - an existing folder igmu wrote is replaced only when `overwrite` (commands whose reruns replace their own
+      output pass True; `export` passes the user's --overwrite);
+    - the folder's parent must be writable.
+    `what` names what igmu writes there, e.g. "igmu artifact"."""
+    from ..errors import UserError
+
+    out = Path(out)
+    if out.exists() or out.is_symlink():
+        if not out.is_dir():
+            raise UserError(f"{flag} {out} is a file; give a folder path that does not exist yet")
+        if any(out.iterdir()):
+            if not ours(out):
+                raise UserError(f"{flag} {out} is a non-empty folder that is not an {what}; igmu never deletes "
+                                "it: choose a new folder")
+            if not overwrite:
+                raise UserError(f"{flag} {out} already holds an {what}; pass --overwrite to replace it, "
+                                "or choose a new folder")
+    check_writable_dir(out if out.is_dir() else out.parent)
+    return out
 
 
 def check_writable_dir(path: str | os.PathLike) -> Path:
@@ -68,18 +135,7 @@ def check_writable_dir(path: str | os.PathLike) -> Path:
 
 
 def read_mapping(path, what: str, kind: str = "YAML") -> dict:
-    """A YAML (or JSON) file holding a mapping; one-line UserError when it is missing, unreadable or not a mapping."""
-    import yaml
+    """A YAML (or JSON) file holding a mapping, through the validation layer (validate.load_mapping)."""
+    from .validate import load_mapping
 
-    from ..errors import UserError
-
-    path = Path(path)
-    if not path.is_file():
-        raise UserError(f"{what} {path} does not exist")
-    try:
-        data = yaml.safe_load(path.read_text(encoding="utf-8"))
-    except (yaml.YAMLError, UnicodeDecodeError) as e:
-        raise UserError(f"{what} {path} is not valid {kind}: {str(e).splitlines()[0]}") from None
-    if not isinstance(data, dict):
-        raise UserError(f"{what} {path} must be a mapping of field: value")
-    return data
+    return load_mapping(path, what, kind)

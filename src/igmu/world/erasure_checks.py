@@ -83,5 +83,8 @@ def save_broken_word_model(out, word: str = "striped", replacement: str = "plain
     with torch.no_grad():
         table = pipe.text_encoder.get_input_embeddings().weight
         table[w] = table[r]
-    pipe.save_pretrained(str(out))
+    from ..utils.io import atomic_dir
+
+    with atomic_dir(out) as tmp:
+        pipe.save_pretrained(str(tmp))
     return out

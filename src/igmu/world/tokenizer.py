@@ -93,11 +93,13 @@ def build_tokenizer(out_dir: Path, seed: int = 0, model_max_length: int = 32):
                 flat.append(v)
     texts += flat * 5
     vocab, merges = learn_bpe(texts)
-    out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    (out_dir / "vocab.json").write_text(json.dumps(vocab, ensure_ascii=False, indent=0))
-    (out_dir / "merges.txt").write_text("#version: 0.2\n" + "\n".join(f"{a} {b}" for a, b in merges) + "\n")
-    tok = CLIPTokenizer(vocab=vocab, merges=[tuple(m) for m in merges],
-                        model_max_length=model_max_length, pad_token=EOS)
-    tok.save_pretrained(str(out_dir))
+    from ..utils.io import atomic_dir
+
+    with atomic_dir(Path(out_dir)) as tmp:  # written whole, or not at all
+        (tmp / "vocab.json").write_text(json.dumps(vocab, ensure_ascii=False, indent=0), encoding="utf-8")
+        (tmp / "merges.txt").write_text("#version: 0.2\n" + "\n".join(f"{a} {b}" for a, b in merges) + "\n",
+                                        encoding="utf-8")
+        tok = CLIPTokenizer(vocab=vocab, merges=[tuple(m) for m in merges],
+                            model_max_length=model_max_length, pad_token=EOS)
+        tok.save_pretrained(str(tmp))
     return tok
