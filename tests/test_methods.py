@@ -81,3 +81,34 @@ def test_model_the_method_cannot_edit_is_refused(method, why, plain_unet_model, 
     with pytest.raises(UserError, match=why):
         run_erase(str(plain_unet_model), method, ["circle"], None, [], None, [], tmp_path / "a")
     assert not (tmp_path / "a").exists()
+
+
+def test_uce_official_preservation_and_variants(tiny_sd1, tmp_path):
+    """The paper's script preserves the empty prompt at max(0.1, 1/len(['']+preserve)); preserve_scale=0 is the
+    old behaviour; `--preserve ""` is accepted; the newer script's variant edits with last tokens only."""
+    from igmu.methods.uce import UCEConfig, preserve_scale, retain_texts
+    from igmu.methods.base import EraseRequest
+
+    cfg = UCEConfig()
+    req = EraseRequest(["circle"], None, ["", "star", "star"])
+    assert retain_texts(req, cfg) == ["", "star"] and preserve_scale(cfg, 2) == 0.5
+    assert preserve_scale(cfg, 1) == 1.0 and preserve_scale(cfg, 20) == 0.1
+    new = UCEConfig(variant="uce_sd_erase")
+    assert retain_texts(req, new) == ["", "star"] and preserve_scale(new, 2) == 1.0
+    assert retain_texts(EraseRequest(["circle"]), new) == [] and preserve_scale(UCEConfig(preserve_scale=0.3), 5) == 0.3
+
+    base = str(tiny_sd1)
+    runs = {name: load_model(str(run_erase(base, "uce", ["circle"], None, pres, None, sets, tmp_path / name)))
+            for name, pres, sets in [("official", [], []), ("empty", [""], []), ("none", [], ["preserve_scale=0"]),
+                                     ("new", [], ["variant=uce_sd_erase"])]}
+    orig = load_model(base)
+    null = adapter_for(orig).encode([""])[0][0]
+    (name, a0), = adapter_for(orig).cross_attentions()[:1]
+
+    def drift(pipe):  # how far the empty prompt's values moved
+        a1 = dict(adapter_for(pipe).cross_attentions())[name]
+        return float((a1.to_v(null) - a0.to_v(null)).norm() / a0.to_v(null).norm())
+    assert drift(runs["official"]) < 0.5 * drift(runs["none"])  # the empty prompt is kept
+    same = lambda p, q: all(torch.equal(x, y) for x, y in zip(p.unet.parameters(), q.unet.parameters()))  # noqa: E731
+    assert same(runs["official"], runs["empty"])  # "" is not counted twice
+    assert not same(runs["official"], runs["new"]) and not same(runs["none"], runs["official"])

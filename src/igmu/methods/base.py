@@ -68,6 +68,11 @@ class Eraser:
     # Defaults that differ on a family because the official code for that architecture uses other values
     # (family -> {option: value}, each cited where declared); applied to the options the user did not set.
     family_defaults: ClassVar[dict[str, dict]] = {}
+    # Calibration knobs (the calibration protocol, igmu calibrate). strength: option -> "lr" (a learning rate),
+    # "up" (a larger value erases more: an erase or guidance scale), "down" (a smaller one does), or a list of
+    # named settings, weakest first. budget: option -> its cost role ("steps", "images", "sample_steps", ...).
+    strength: ClassVar[dict] = {}
+    budget: ClassVar[dict] = {}
 
     progress_factory = None  # set by the runner: total -> advance(k, **info)
 

@@ -65,6 +65,20 @@ def check_request(pipe, req) -> None:
         raise UserError("the --anchor is one of the targets; anchor the target to a different concept")
 
 
+def last_token_rows(hs: torch.Tensor, mask: torch.Tensor, segments: list[tuple[int, int]] | None = None):
+    """Each prompt's last-word-token row (the official closed-form scripts' `attention_mask.sum() - 2`: UCE's
+    uce_sd_erase.py and uce_flux_edit.py, SPEED, AdaVD), in every text encoder's run of rows `segments`
+    (adapter.token_segments(); default one run, the whole prompt); -1, the run's last row, for a prompt of no
+    word under a tokenizer without a start token. (N * len(segments)) x D."""
+    segments = segments or [(0, hs.shape[1])]
+    out = []
+    for i in range(len(hs)):
+        for start, length in segments:
+            k = int(mask[i, start:start + length].sum()) - 2
+            out.append(hs[i, start + k % length])
+    return torch.stack(out)
+
+
 def closed_form_edit(W: torch.Tensor, keys: torch.Tensor, values: torch.Tensor, keep: torch.Tensor | None,
                      lamb: float, erase_scale: float, preserve_scale: float) -> torch.Tensor:
     """argmin_W'  erase_scale * sum_i ||W' k_i - v_i||^2 + preserve_scale * sum_j ||W' c_j - W c_j||^2
