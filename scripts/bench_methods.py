@@ -27,7 +27,14 @@ RUNS = [("uce", "uce", []), ("esd-x", "esd", ["train_method=xattn"]), ("esd-u", 
         ("negprompt", "negprompt", []), ("sld", "sld", []),
         ("rece", "rece", []), ("advunlearn", "advunlearn", []), ("receler", "receler", []), ("ca", "ca", []),
         ("doco", "doco", []), ("sa", "sa", []), ("salun", "salun", []), ("erasediff", "erasediff", []),
-        ("scissorhands", "scissorhands", [])]
+        ("scissorhands", "scissorhands", []),
+        # UCE and RECE before the official empty-prompt preservation (preserve scale 0), and UCE's newer script
+        ("uce-nopreserve", "uce", ["preserve_scale=0"]), ("uce-sd-erase", "uce", ["variant=uce_sd_erase"]),
+        ("rece-nopreserve", "rece", ["uce_preserve_scale=0"]),
+        # methods III
+        ("speed", "speed", []), ("cure", "cure", []), ("gloce", "gloce", []), ("adavd", "adavd", []),
+        ("safree", "safree", []), ("seot", "seot", []), ("stereo", "stereo", []), ("sdd", "sdd", []),
+        ("taskvector", "taskvector", [])]
 
 
 def main():
@@ -35,7 +42,7 @@ def main():
 
     warnings.filterwarnings("ignore")
     from igmu.generate import GenSettings
-    from igmu.methods.artifact import load_artifact
+    from igmu.artifacts import load_artifact, load_model
     from igmu.models.load import load_pipeline
     from igmu.world.erasure_checks import TARGETS, measure
     from igmu.world.judges import Detector
@@ -60,7 +67,7 @@ def main():
                    "--target", target, "--out", str(art)] + [x for kv in sets for x in ("--set", kv)]
             subprocess.run(cmd, check=True, stdout=subprocess.DEVNULL)
             cost = load_artifact(art)[0]["cost"]
-            after = measure(load_pipeline(str(art)), det, kind, s, a.n)
+            after = measure(load_model(str(art)), det, kind, s, a.n)
             rows.append({"method": label, "kind": kind, "target": target, "before": before[kind], "after": after,
                          "cost": cost})
             print(f"{label:12s} {kind:7s} forget {before[kind]['forget_target_shown']:.2f} -> "

@@ -76,7 +76,9 @@ def test_single_concept_method_refuses_two_targets(tiny_sd1, tmp_path):
     ("uce", "no cross-attention"), ("esd", "no parameters of kind 'xattn'"), ("fmn", "no cross-attention"),
     ("mace", "no cross-attention"), ("conceptprune", "no transformer feed-forward layers"),
     ("spm", "no transformer blocks"), ("rece", "no cross-attention"), ("advunlearn", "no cross-attention"),
-    ("receler", "no cross-attention"), ("ca", "no cross-attention"), ("doco", "no cross-attention")])
+    ("receler", "no cross-attention"), ("ca", "no cross-attention"), ("doco", "no cross-attention"),
+    ("speed", "no cross-attention"), ("cure", "no cross-attention"), ("adavd", "no cross-attention"),
+    ("gloce", "no cross-attention"), ("sdd", "no parameters of group 'xattn'")])
 def test_model_the_method_cannot_edit_is_refused(method, why, plain_unet_model, tmp_path):
     with pytest.raises(UserError, match=why):
         run_erase(str(plain_unet_model), method, ["circle"], None, [], None, [], tmp_path / "a")

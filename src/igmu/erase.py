@@ -42,7 +42,7 @@ def run_erase(model: str, method_name: str, targets: list[str], anchor: str | No
     sampling = None
     t0 = time.perf_counter()
     if method.kind == "sampling":
-        sampling = method.sampling(req, cfg)
+        sampling = method.sampling_spec(pipe, req, cfg)
         changed = {}
     else:
         changed = method.erase(pipe, req, cfg)

@@ -38,6 +38,14 @@ def generic_retain(targets: list[str]) -> list[str]:
     return [p for p in GENERIC_RETAIN if not content_words(p) & banned]
 
 
+def generic_retain_concepts(targets: list[str]) -> list[str]:
+    """The content words of GENERIC_RETAIN that no target uses, as bare concept names (for methods whose
+    official retain sets are lists of concept names, e.g. SPEED's data/instance.csv, GLoCE's anchor lists)."""
+    banned = set().union(*(content_words(t) for t in targets))
+    words = [w for p in GENERIC_RETAIN for w in sorted(content_words(p), key=p.index)]
+    return [w for w in dict.fromkeys(words) if w not in banned]
+
+
 def anchor_text(req) -> str:
     """The anchor (surrogate) concept of a request: --anchor, or the empty prompt when none is given."""
     return req.anchor.strip() if req.anchor and req.anchor.strip() else ""
