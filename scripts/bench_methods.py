@@ -29,7 +29,7 @@ RUNS = [("uce", "uce", []), ("esd-x", "esd", ["train_method=xattn"]), ("esd-u", 
         ("doco", "doco", []), ("sa", "sa", []), ("salun", "salun", []), ("erasediff", "erasediff", []),
         ("scissorhands", "scissorhands", []),
         # UCE and RECE before the official empty-prompt preservation (preserve scale 0), and UCE's newer script
-        ("uce-nopreserve", "uce", ["preserve_scale=0"]), ("uce-sd-erase", "uce", ["variant=uce_sd_erase"]),
+        ("uce-nopreserve", "uce", ["preserve_scale=0"]), ("uce-sd-erase", "uce", ["token_rows=last"]),
         ("rece-nopreserve", "rece", ["uce_preserve_scale=0"]),
         # methods III
         ("speed", "speed", []), ("cure", "cure", []), ("gloce", "gloce", []), ("adavd", "adavd", []),
@@ -43,6 +43,7 @@ def main():
     warnings.filterwarnings("ignore")
     from igmu.generate import GenSettings
     from igmu.artifacts import load_artifact, load_model
+    from igmu.utils.io import atomic_path
     from igmu.models.load import load_pipeline
     from igmu.world.erasure_checks import TARGETS, measure
     from igmu.world.judges import Detector
@@ -51,16 +52,25 @@ def main():
     ap.add_argument("--n", type=int, default=48, help="forget and retain prompts per target")
     ap.add_argument("--out", default="out/bench/methods.json")
     ap.add_argument("--methods", default="", help="comma-separated subset of: " + ",".join(r[0] for r in RUNS))
+    ap.add_argument("--table", action="store_true", help="only print the table of --out")
     a = ap.parse_args()
+    out = Path(a.out)
+    old = json.loads(out.read_text()) if out.is_file() else []
+    chosen = [r[0] for r in RUNS if not a.methods or r[0] in a.methods.split(",")]
+    # rows of this selection already measured at this n are kept (an interrupted run resumes); others stay as they are
+    done = {(r["method"], r["kind"]) for r in old if r["after"]["n_forget"] == a.n}
+    rows = [r for r in old if r["method"] not in chosen or (r["method"], r["kind"]) in done]
+    if a.table:
+        rows = [r for r in old if r["method"] in chosen]
     det, s = Detector.load(), GenSettings()
     work = Path("out/bench/artifacts")
     base = load_pipeline("mini")
-    rows = []
-    before = {k: measure(base, det, k, s, a.n) for k in TARGETS}
+    todo = [] if a.table else [(label, kind) for label in chosen for kind in TARGETS if (label, kind) not in done]
+    before = {k: measure(base, det, k, s, a.n) for k in sorted({k for _, k in todo})}
     for label, method, sets in RUNS:
-        if a.methods and label not in a.methods.split(","):
-            continue
         for kind, target in TARGETS.items():
+            if (label, kind) not in todo:
+                continue
             art = work / f"{label}-{kind}"
             shutil.rmtree(art, ignore_errors=True)
             cmd = [sys.executable, "-m", "igmu.cli", "erase", "--model", "mini", "--method", method,
@@ -73,11 +83,11 @@ def main():
             print(f"{label:12s} {kind:7s} forget {before[kind]['forget_target_shown']:.2f} -> "
                   f"{after['forget_target_shown']:.2f}  retain {before[kind]['retain_as_asked']:.2f} -> "
                   f"{after['retain_as_asked']:.2f}  {cost['erase_seconds']:.1f}s", flush=True)
-    Path(a.out).parent.mkdir(parents=True, exist_ok=True)
-    if a.methods and Path(a.out).is_file():  # a subset run updates its rows in the existing table
-        keep = [r for r in json.loads(Path(a.out).read_text()) if r["method"] not in a.methods.split(",")]
-        rows = keep + rows
-    Path(a.out).write_text(json.dumps(rows, indent=1))
+            out.parent.mkdir(parents=True, exist_ok=True)
+            with atomic_path(out) as tmp:  # after every row: nothing measured is lost on interruption
+                Path(tmp).write_text(json.dumps(rows, indent=1))
+    rows = [r for r in rows if r["method"] in chosen]
+    rows.sort(key=lambda r: (chosen.index(r["method"]), list(TARGETS).index(r["kind"])))
     from igmu.world.fidelity import wilson
 
     def pct(x, n):

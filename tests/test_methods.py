@@ -95,14 +95,14 @@ def test_uce_official_preservation_and_variants(tiny_sd1, tmp_path):
     req = EraseRequest(["circle"], None, ["", "star", "star"])
     assert retain_texts(req, cfg) == ["", "star"] and preserve_scale(cfg, 2) == 0.5
     assert preserve_scale(cfg, 1) == 1.0 and preserve_scale(cfg, 20) == 0.1
-    new = UCEConfig(variant="uce_sd_erase")
+    new = UCEConfig(token_rows="last")
     assert retain_texts(req, new) == ["", "star"] and preserve_scale(new, 2) == 1.0
     assert retain_texts(EraseRequest(["circle"]), new) == [] and preserve_scale(UCEConfig(preserve_scale=0.3), 5) == 0.3
 
     base = str(tiny_sd1)
     runs = {name: load_model(str(run_erase(base, "uce", ["circle"], None, pres, None, sets, tmp_path / name)))
             for name, pres, sets in [("official", [], []), ("empty", [""], []), ("none", [], ["preserve_scale=0"]),
-                                     ("new", [], ["variant=uce_sd_erase"])]}
+                                     ("new", [], ["token_rows=last"])]}
     orig = load_model(base)
     null = adapter_for(orig).encode([""])[0][0]
     (name, a0), = adapter_for(orig).cross_attentions()[:1]

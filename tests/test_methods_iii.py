@@ -37,9 +37,10 @@ def test_registered_listed_and_strength_knobs_are_options():
     out = CliRunner().invoke(app, ["methods"]).output
     for m in NEW:
         assert m in REGISTRY and m in out
-    for name, cls in REGISTRY.items():  # the calibration hook names real options and a direction
-        assert set(cls.strength) <= set(cls.Config.model_fields), name
-        assert set(cls.strength.values()) <= {"up", "down"}, name
+    for name, cls in REGISTRY.items():  # the calibration hooks name real options, a direction and a cost role
+        fields = set(cls.Config.model_fields)
+        assert set(cls.strength) <= fields and set(cls.budget) <= fields - set(cls.strength), name
+        assert all(v in ("lr", "up", "down") or isinstance(v, list) for v in cls.strength.values()), name
     assert all(REGISTRY[m].strength for m in NEW)
 
 

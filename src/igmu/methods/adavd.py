@@ -152,7 +152,7 @@ class AdaVD(Eraser):
     sampling_type = "adavd"
     unet_passes_per_step = 2
     Config = AdaVDConfig
-    strength = {"sigmoid_s": "up", "sigmoid_eps": "down"}
+    strength = {"sigmoid_eps": "down"}
 
     def check(self, pipe, req: EraseRequest, cfg):
         check_targets(pipe, req)

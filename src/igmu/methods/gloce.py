@@ -273,7 +273,7 @@ class GLoCE(Eraser):
     sampling_type = "gloce"
     unet_passes_per_step = 2
     Config = GLoCEConfig
-    strength = {"thresh": "down", "eta": "up"}
+    strength = {"thresh": "down"}
 
     def check(self, pipe, req: EraseRequest, cfg: GLoCEConfig):
         check_request(pipe, req)

@@ -144,7 +144,7 @@ class SAFREE(Eraser):
     sampling_type = "safree"
     unet_passes_per_step = 2
     Config = SAFREEConfig
-    strength = {"up_t": "up", "alpha": "down"}
+    strength = {"up_t": "up"}
 
     def check(self, pipe, req: EraseRequest, cfg: SAFREEConfig):
         a = adapter_for(pipe)

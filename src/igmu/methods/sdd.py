@@ -64,7 +64,8 @@ class SDD(Eraser):
               "ICML 2023 workshop; nannullna/safe-diffusion")
     multi_concept = True
     Config = SDDConfig
-    strength = {"lr": "up", "iterations": "up"}
+    strength = {"lr": "lr"}
+    budget = {"iterations": "steps", "sample_steps": "sample_steps"}
 
     def check(self, pipe, req: EraseRequest, cfg: SDDConfig):
         check_request(pipe, req)

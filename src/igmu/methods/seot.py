@@ -99,7 +99,7 @@ class SEOT(Eraser):
     sampling_type = "seot"
     unet_passes_per_step = 2
     Config = SEOTConfig
-    strength = {"alpha": "up", "cross_retain_steps": "down"}
+    strength = {"alpha": "up"}
 
     def check(self, pipe, req: EraseRequest, cfg):
         a = adapter_for(pipe)

@@ -119,7 +119,7 @@ class SPEED(Eraser):
               "Ouxiang-Li/SPEED")
     multi_concept = True
     Config = SPEEDConfig
-    strength = {"retain_scale": "down", "threshold": "up"}
+    strength = {"retain_scale": "down"}
 
     def check(self, pipe, req: EraseRequest, cfg):
         check_request(pipe, req)

@@ -155,7 +155,9 @@ class STEREO(Eraser):
     source = ("Srivatsan et al., STEREO: A Two-Stage Framework for Adversarially Robust Concept Erasing from "
               "Text-to-Image Diffusion Models, CVPR 2025; koushiksrivats/robust-concept-erasing")
     Config = STEREOConfig
-    strength = {"reo_lr": "up", "iterations": "up"}
+    strength = {"ste_lr": "lr", "reo_lr": "lr"}
+    budget = {"iterations": "steps", "ti_steps": "steps:inversion", "gallery_images": "images",
+              "gallery_steps": "sample_steps", "sample_steps": "sample_steps"}
 
     def check(self, pipe, req: EraseRequest, cfg: STEREOConfig):
         check_request(pipe, req)

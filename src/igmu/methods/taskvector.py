@@ -62,7 +62,8 @@ class TaskVector(Eraser):
               "task arithmetic: Ilharco et al., ICLR 2023")
     multi_concept = True
     Config = TaskVectorConfig
-    strength = {"alpha": "up", "lr": "up", "iterations": "up"}
+    strength = {"lr": "lr"}  # the paper's own knob, alpha, is an option too (Diverse Inversion not implemented)
+    budget = {"iterations": "steps", "images": "images", "sample_steps": "sample_steps"}
 
     def check(self, pipe, req: EraseRequest, cfg: TaskVectorConfig):
         check_request(pipe, req)
