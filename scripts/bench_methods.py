@@ -37,6 +37,19 @@ RUNS = [("uce", "uce", []), ("esd-x", "esd", ["train_method=xattn"]), ("esd-u", 
         ("taskvector", "taskvector", [])]
 
 
+def _same_erasure(art: Path, method: str, target: str, sets: list[str]) -> bool:
+    """An artifact at `art` made by `method` on `target` with the defaults plus `sets`."""
+    from igmu.artifacts import is_artifact, load_artifact
+    from igmu.methods import get_method
+    from igmu.methods.base import parse_config
+
+    if not is_artifact(art):
+        return False
+    m = load_artifact(art)[0]
+    cfg = parse_config(get_method(method), None, sets).model_dump()
+    return m["method"] == method and m["targets"] == [target] and m["base_model"] == "mini" and m["config"] == cfg
+
+
 def main():
     import warnings
 
@@ -53,6 +66,9 @@ def main():
     ap.add_argument("--out", default="out/bench/methods.json")
     ap.add_argument("--methods", default="", help="comma-separated subset of: " + ",".join(r[0] for r in RUNS))
     ap.add_argument("--table", action="store_true", help="only print the table of --out")
+    ap.add_argument("--reuse", action="store_true",
+                    help="reuse an artifact already in out/bench/artifacts made by the same method, target and "
+                         "options (its manifest's erase time is what the table reports)")
     a = ap.parse_args()
     out = Path(a.out)
     old = json.loads(out.read_text()) if out.is_file() else []
@@ -72,10 +88,11 @@ def main():
             if (label, kind) not in todo:
                 continue
             art = work / f"{label}-{kind}"
-            shutil.rmtree(art, ignore_errors=True)
-            cmd = [sys.executable, "-m", "igmu.cli", "erase", "--model", "mini", "--method", method,
-                   "--target", target, "--out", str(art)] + [x for kv in sets for x in ("--set", kv)]
-            subprocess.run(cmd, check=True, stdout=subprocess.DEVNULL)
+            if not (a.reuse and _same_erasure(art, method, target, sets)):
+                shutil.rmtree(art, ignore_errors=True)
+                cmd = [sys.executable, "-m", "igmu.cli", "erase", "--model", "mini", "--method", method,
+                       "--target", target, "--out", str(art)] + [x for kv in sets for x in ("--set", kv)]
+                subprocess.run(cmd, check=True, stdout=subprocess.DEVNULL)
             cost = load_artifact(art)[0]["cost"]
             after = measure(load_model(str(art)), det, kind, s, a.n)
             rows.append({"method": label, "kind": kind, "target": target, "before": before[kind], "after": after,

@@ -65,14 +65,24 @@ def test_runs_on_tiny_pipelines(method, kind, tiny_sd1, tiny_sd2, tmp_path):
         assert np.abs(img - ref).max() > 0  # the method changed what is drawn
 
 
-def test_all_run_on_the_mini_model(tmp_path):
-    """Every Methods III method erases the circle on the shipped mini model (tiny budgets) and samples."""
+def _on_mini(methods, tmp_path):
     orig = load_model("mini")
     ref = _images(orig, steps=4)
-    for method in NEW:
+    for method in methods:
         art = run_erase("mini", method, ["circle"], None, [], None, FAST.get(method, []), tmp_path / method)
         img = _images(load_model(str(art)), steps=4)
         assert np.isfinite(img).all() and img.shape == ref.shape, method
+
+
+def test_closed_form_and_inference_time_methods_run_on_the_mini_model(tmp_path):
+    """SPEED, CURE, AdaVD, SAFREE and SEOT erase the circle on the shipped mini model and sample."""
+    _on_mini(["speed", "cure", "adavd", "safree", "seot"], tmp_path)
+
+
+@pytest.mark.slow
+def test_feature_and_fine_tuning_methods_run_on_the_mini_model(tmp_path):
+    """GLoCE, STEREO, SDD and Task Vectors on the shipped mini model (tiny budgets)."""
+    _on_mini(["gloce", "stereo", "sdd", "taskvector"], tmp_path)
 
 
 # ---- closed-form maths -----------------------------------------------------------------------------------
@@ -245,6 +255,7 @@ def test_sdd_trains_cross_attention_into_the_ema(tiny_sd1, tmp_path):
 
 @pytest.mark.parametrize("method,targets,anchor,preserve,sets,match", [
     ("speed", ["circle"], "circle", [], [], "anchor is one of the targets"),
+    ("cure", ["circle"], None, ["circle"], [], "would erase nothing"),
     ("gloce", ["circle"], None, [], ["st_timestep=5", "end_timestep=5"], "must be above st_timestep"),
     ("gloce", ["circle"], None, ["red circle", "circle"], FAST["gloce"], "none is left for target"),
     ("stereo", ["circle"], None, [], ["initializer_token=object"], "must be one token"),

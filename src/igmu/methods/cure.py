@@ -38,6 +38,7 @@ import torch
 from pydantic import Field
 
 from ..diffusion.arch import adapter_for
+from ..errors import UserError
 from .base import EraseRequest, Eraser, MethodConfig, register
 from .common import check_request
 
@@ -89,6 +90,10 @@ class CURE(Eraser):
 
     def check(self, pipe, req: EraseRequest, cfg):
         check_request(pipe, req)
+        both = [p for p in req.preserve if p in req.targets]
+        if both:
+            raise UserError(f"{both[0]!r} is both a --target and a --preserve concept; CURE removes from the forget "
+                            f"space what it shares with the retain space, so it would erase nothing")
         adapter_for(pipe).kv_projections()
 
     @torch.no_grad()

@@ -114,6 +114,7 @@ def safree_embedding(pipe, prompt: str, P_c: torch.Tensor, spec: dict) -> tuple[
     return plain, filtered, last
 
 
+@torch.no_grad()
 def safree_sample(pipe, prompts, negative, latents, steps, guidance, height, width, spec: dict):
     a = adapter_for(pipe)
     C = pooled(a, a.tokenize(spec["concepts"]))  # k x d
