@@ -16,7 +16,7 @@ from igmu.methods import REGISTRY, get_method
 NEW = ["speed", "cure", "gloce", "adavd", "safree", "seot", "stereo", "sdd", "taskvector"]
 # tiny budgets: every option named here is a published-default knob shrunk for a seconds-long test
 FAST = {
-    "gloce": ["sample_steps=3", "n_gen=1", "st_timestep=0", "end_timestep=3", "st_step=0", "n_anchor=2"],
+    "gloce": ["sample_steps=3", "n_gen=1", "st_timestep=0", "end_timestep=3", "n_anchor=2"],
     "stereo": ["iterations=2", "ti_steps=2", "gallery_images=2", "gallery_steps=2", "sample_steps=3",
                "n_iterations=1", "num_adv_concepts=1"],
     "sdd": ["iterations=2", "sample_steps=3", "lr=1e-3"],

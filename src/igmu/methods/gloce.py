@@ -22,14 +22,14 @@ and its 2x2, 4x4, 8x8 average poolings):
     resolution) for the anchor concepts (the n_anchor concepts most similar to the target); x_c = mean +
     thresh * std of those maxima, k = log(0.99 / 0.01) / (0.001 thresh), a near step at x_c.
 
-While sampling, the module acts from the module's forward call st_step + 1 on (st_step 10), on both
-classifier-free-guidance branches. Several targets: one module set per target; the gate with the
-largest value chooses (SimpleSelectorOutProp, n_concepts).
+While sampling, the module acts from the module's forward call st_timestep + 1 on (generate_by_gloce.py
+passes st_step = --st_timestep), on both classifier-free-guidance branches. Several targets: one module
+set per target; the gate with the largest value chooses (SimpleSelectorOutProp, n_concepts).
 
 Defaults: the official celebrity recipe (shell_scripts/celebs/update_gloce.sh): gate_rank 1,
 update_rank 16, degen_rank 2, thresh 2.5, st_timestep 10, end_timestep 20, n_gen 3, 3 anchor concepts
-chosen among the surround list by the similarity of their first n_tokens = 8 token embeddings; eta 1 and
-st_step 10 (GLoCELayerOutProp); the buffer generations use 50 sampler steps at guidance 7.5
+chosen among the surround list by the similarity of their first n_tokens = 8 token embeddings; eta 1
+(celebs/generate_by_gloce.sh ETA_LIST); the buffer generations use 50 sampler steps at guidance 7.5
 (train_util.embedding2img). The artist recipe is update_rank 1, degen_rank 1, st_timestep 0,
 end_timestep 50; the explicit recipe thresh 1.5, n_gen 8.
 
@@ -77,7 +77,6 @@ class GLoCEConfig(MethodConfig):
     n_anchor: int = Field(3, ge=1)  # official --n_anchor_concepts 3
     n_tokens: int = Field(8, ge=1)  # official N_TOKENS=8 (tokens compared to pick the anchors)
     eta: float = Field(1.0, ge=0)  # official GLoCELayerOutProp.eta = 1.0
-    st_step: int = Field(10, ge=0)  # official GLoCELayerOutProp st_step=10 (module off for the first calls)
     sample_steps: int = Field(50, ge=2)  # official embedding2img ddim_steps=50
     guidance_scale: float = Field(7.5, ge=0)  # official embedding2img guidance_scale=7.5
     avg_depth: int = Field(4, ge=1)  # official register_sum_buffer_avg_spatial avg_depth=4
@@ -301,7 +300,8 @@ class GLoCE(Eraser):
         names = list(per_target[0])
         layers = {n: [{k: (v.tolist() if torch.is_tensor(v) else v) for k, v in p[n].items()} for p in per_target]
                   for n in names}
-        return {"type": self.sampling_type, "layers": layers, "eta": cfg.eta, "st_step": cfg.st_step}
+        # official generate_by_gloce.py: st_step=args.st_timestep (the module acts after that many calls)
+        return {"type": self.sampling_type, "layers": layers, "eta": cfg.eta, "st_step": cfg.st_timestep}
 
     def sampler(self, spec: dict):
         keys = {"gate", "gate_mean", "degen", "update", "bias", "debias", "center", "slope"}
