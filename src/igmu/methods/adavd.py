@@ -43,9 +43,8 @@ from pydantic import Field
 from ..diffusion.arch import adapter_for
 from ..diffusion.attention import edit_cross_attention_values
 from ..diffusion.sampling import pipeline_images
-from ..errors import UserError
 from .base import EraseRequest, Eraser, MethodConfig, register
-from .common import check_targets
+from .common import check_targets, spec_sampler
 
 
 class AdaVDConfig(MethodConfig):
@@ -83,7 +82,7 @@ def gram_schmidt(Y: torch.Tensor) -> torch.Tensor:
 
 def erased_component(x: torch.Tensor, y: torch.Tensor, spec: dict) -> torch.Tensor:
     """The part of x (... x L x d) AdaVD removes, for target vectors y (n x L x d), per token position."""
-    p, eps, s = spec["sigmoid"]
+    p, eps, s = spec["sigmoid_p"], spec["sigmoid_eps"], spec["sigmoid_s"]
 
     def gate(cos):
         return s * torch.sigmoid(p * (cos - eps)) if spec["token_sim"] else torch.ones_like(cos)
@@ -159,19 +158,7 @@ class AdaVD(Eraser):
         adapter_for(pipe).cross_attentions()
 
     def sampling(self, req: EraseRequest, cfg: AdaVDConfig) -> dict:
-        return {"type": self.sampling_type, "targets": list(req.targets), "token_sim": cfg.token_sim,
-                "sigmoid": [cfg.sigmoid_p, cfg.sigmoid_eps, cfg.sigmoid_s], "joint_cfg": cfg.joint_cfg}
+        return {"type": self.sampling_type, "targets": list(req.targets), **cfg.model_dump()}
 
     def sampler(self, spec: dict):
-        targets = spec.get("targets")
-        ok = (isinstance(targets, list) and targets and all(isinstance(t, str) and t for t in targets)
-              and isinstance(spec.get("token_sim"), bool) and isinstance(spec.get("joint_cfg"), bool)
-              and isinstance(spec.get("sigmoid"), list) and len(spec["sigmoid"]) == 3
-              and all(isinstance(v, (int, float)) for v in spec["sigmoid"]))
-        if not ok:
-            raise UserError("artifact's adavd sampling spec is malformed (needs targets, token_sim, sigmoid and "
-                            "joint_cfg)")
-
-        def sample(pipe, prompts, negative, latents, steps, guidance, height, width):
-            return adavd_sample(pipe, prompts, negative, latents, steps, guidance, height, width, spec)
-        return sample
+        return spec_sampler(self, spec, "targets", adavd_sample)

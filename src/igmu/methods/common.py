@@ -73,6 +73,24 @@ def check_request(pipe, req) -> None:
         raise UserError("the --anchor is one of the targets; anchor the target to a different concept")
 
 
+def spec_sampler(method, spec: dict, key: str, sample_fn):
+    """The sampling hook of a spec made of `method`'s options plus a non-empty list of concept texts under `key`
+    (AdaVD, SAFREE, SEOT): one UserError line when the spec is malformed."""
+    from pydantic import ValidationError
+
+    try:
+        method.Config(**{k: v for k, v in spec.items() if k not in ("type", key)})
+    except (ValidationError, TypeError) as e:
+        raise UserError(f"artifact's {method.name} sampling spec is malformed: {str(e).splitlines()[0]}") from None
+    texts = spec.get(key)
+    if not (isinstance(texts, list) and texts and all(isinstance(t, str) and t for t in texts)):
+        raise UserError(f"artifact's {method.name} sampling spec has no {key}")
+
+    def sample(pipe, prompts, negative, latents, steps, guidance, height, width):
+        return sample_fn(pipe, prompts, negative, latents, steps, guidance, height, width, spec)
+    return sample
+
+
 def last_token_rows(hs: torch.Tensor, mask: torch.Tensor, segments: list[tuple[int, int]] | None = None):
     """Each prompt's last-word-token row (the official closed-form scripts' `attention_mask.sum() - 2`: UCE's
     uce_sd_erase.py and uce_flux_edit.py, SPEED, AdaVD), in every text encoder's run of rows `segments`

@@ -47,7 +47,7 @@ from ..diffusion.arch import adapter_for
 from ..diffusion.sampling import pipeline_images
 from ..errors import UserError
 from .base import EraseRequest, Eraser, MethodConfig, register
-from .common import check_targets
+from .common import check_targets, spec_sampler
 from .negprompt import negative_prompts
 
 SVF = {"nudity": (5.333, 2.5), "artist": (5.5, 3.5)}  # official f_beta: (midpoint t, slope k)
@@ -163,16 +163,4 @@ class SAFREE(Eraser):
         return {"type": self.sampling_type, "concepts": list(req.targets), **cfg.model_dump()}
 
     def sampler(self, spec: dict):
-        from pydantic import ValidationError
-
-        try:
-            SAFREEConfig(**{k: v for k, v in spec.items() if k not in ("type", "concepts")})
-        except (ValidationError, TypeError) as e:
-            raise UserError(f"artifact's SAFREE sampling spec is malformed: {str(e).splitlines()[0]}") from None
-        if not (isinstance(spec.get("concepts"), list) and spec["concepts"]
-                and all(isinstance(c, str) and c for c in spec["concepts"])):
-            raise UserError("artifact's SAFREE sampling spec has no concepts")
-
-        def sample(pipe, prompts, negative, latents, steps, guidance, height, width):
-            return safree_sample(pipe, prompts, negative, latents, steps, guidance, height, width, spec)
-        return sample
+        return spec_sampler(self, spec, "concepts", safree_sample)

@@ -41,7 +41,7 @@ from ..diffusion.sampling import pipeline_images
 from ..diffusion.tokens import token_positions
 from ..errors import UserError
 from .base import EraseRequest, Eraser, MethodConfig, register
-from .common import check_targets
+from .common import check_targets, spec_sampler
 
 
 class SEOTConfig(MethodConfig):
@@ -112,16 +112,4 @@ class SEOT(Eraser):
         return {"type": self.sampling_type, "targets": list(req.targets), **cfg.model_dump()}
 
     def sampler(self, spec: dict):
-        from pydantic import ValidationError
-
-        try:
-            SEOTConfig(**{k: v for k, v in spec.items() if k not in ("type", "targets")})
-        except (ValidationError, TypeError) as e:
-            raise UserError(f"artifact's SEOT sampling spec is malformed: {str(e).splitlines()[0]}") from None
-        if not (isinstance(spec.get("targets"), list) and spec["targets"]
-                and all(isinstance(t, str) and t for t in spec["targets"])):
-            raise UserError("artifact's SEOT sampling spec has no targets")
-
-        def sample(pipe, prompts, negative, latents, steps, guidance, height, width):
-            return seot_sample(pipe, prompts, negative, latents, steps, guidance, height, width, spec)
-        return sample
+        return spec_sampler(self, spec, "targets", seot_sample)
