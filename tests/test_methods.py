@@ -76,8 +76,43 @@ def test_single_concept_method_refuses_two_targets(tiny_sd1, tmp_path):
     ("uce", "no cross-attention"), ("esd", "no parameters of kind 'xattn'"), ("fmn", "no cross-attention"),
     ("mace", "no cross-attention"), ("conceptprune", "no transformer feed-forward layers"),
     ("spm", "no transformer blocks"), ("rece", "no cross-attention"), ("advunlearn", "no cross-attention"),
-    ("receler", "no cross-attention"), ("ca", "no cross-attention"), ("doco", "no cross-attention")])
+    ("receler", "no cross-attention"), ("ca", "no cross-attention"), ("doco", "no cross-attention"),
+    ("speed", "no cross-attention"), ("cure", "no cross-attention"), ("adavd", "no cross-attention"),
+    ("gloce", "no cross-attention"), ("sdd", "no parameters of group 'xattn'")])
 def test_model_the_method_cannot_edit_is_refused(method, why, plain_unet_model, tmp_path):
     with pytest.raises(UserError, match=why):
         run_erase(str(plain_unet_model), method, ["circle"], None, [], None, [], tmp_path / "a")
     assert not (tmp_path / "a").exists()
+
+
+def test_uce_official_preservation_and_variants(tiny_sd1, tmp_path):
+    """The paper's script preserves the empty prompt at max(0.1, 1/len(['']+preserve)); preserve_scale=0 is the
+    old behaviour; `--preserve ""` is refused in one line (the empty prompt is always kept); the newer script's
+    variant edits with last tokens only."""
+    from igmu.methods.uce import UCEConfig, preserve_scale, retain_texts
+    from igmu.methods.base import EraseRequest
+
+    cfg = UCEConfig()
+    req = EraseRequest(["circle"], None, ["", "star", "star"])
+    assert retain_texts(req, cfg) == ["", "star"] and preserve_scale(cfg, 2) == 0.5
+    assert preserve_scale(cfg, 1) == 1.0 and preserve_scale(cfg, 20) == 0.1
+    new = UCEConfig(token_rows="last")
+    assert retain_texts(req, new) == ["", "star"] and preserve_scale(new, 2) == 1.0
+    assert retain_texts(EraseRequest(["circle"]), new) == [] and preserve_scale(UCEConfig(preserve_scale=0.3), 5) == 0.3
+
+    base = str(tiny_sd1)
+    runs = {name: load_model(str(run_erase(base, "uce", ["circle"], None, pres, None, sets, tmp_path / name)))
+            for name, pres, sets in [("official", [], []), ("none", [], ["preserve_scale=0"]),
+                                     ("new", [], ["token_rows=last"])]}
+    orig = load_model(base)
+    null = adapter_for(orig).encode([""])[0][0]
+    (name, a0), = adapter_for(orig).cross_attentions()[:1]
+
+    def drift(pipe):  # how far the empty prompt's values moved
+        a1 = dict(adapter_for(pipe).cross_attentions())[name]
+        return float((a1.to_v(null) - a0.to_v(null)).norm() / a0.to_v(null).norm())
+    assert drift(runs["official"]) < 0.5 * drift(runs["none"])  # the empty prompt is kept
+    same = lambda p, q: all(torch.equal(x, y) for x, y in zip(p.unet.parameters(), q.unet.parameters()))  # noqa: E731
+    with pytest.raises(UserError, match="empty preserved concept"):
+        run_erase(base, "uce", ["circle"], None, [""], None, [], tmp_path / "empty")
+    assert not same(runs["official"], runs["new"]) and not same(runs["none"], runs["official"])

@@ -58,7 +58,7 @@ def run_erase(model: str, method_name: str, targets: list[str], anchor: str | No
         t0 = time.perf_counter()
         try:
             if method.kind == "sampling":
-                sampling = method.sampling(req, cfg)
+                sampling = method.sampling_spec(pipe, req, cfg)
                 changed = {}
             else:
                 with using(runtime):

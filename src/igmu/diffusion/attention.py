@@ -1,5 +1,6 @@
-"""Attention recording: the cross-attention probabilities of every layer, handed to a sink (with autograd,
-so a loss on them trains the denoiser: FMN, MACE), and the layout of a layer's query pixels on the latent."""
+"""Cross-attention hooks: recording the attention probabilities of every layer, handed to a sink (with
+autograd, so a loss on them trains the denoiser: FMN, MACE, Receler); editing the value vectors each layer
+reads from the text (AdaVD's value decomposition); and the layout of a layer's query pixels on the latent."""
 from __future__ import annotations
 
 import torch
@@ -10,10 +11,12 @@ from .arch import adapter_for
 class _RecordingAttnProcessor:
     """diffusers' plain AttnProcessor computation, handing the attention probabilities
     (batch x heads x queries x keys, softmax over keys) of each call to `sink(name, probs)`.
-    The probabilities keep their autograd graph, so a loss on them trains the UNet (FMN)."""
+    The probabilities keep their autograd graph, so a loss on them trains the UNet (FMN).
+    With `edit_value`, the value vectors (batch x tokens x inner dim, before the head split) are replaced
+    by `edit_value(name, value)` first."""
 
-    def __init__(self, name: str, sink):
-        self.name, self.sink = name, sink
+    def __init__(self, name: str, sink=None, edit_value=None):
+        self.name, self.sink, self.edit_value = name, sink, edit_value
 
     def __call__(self, attn, hidden_states, encoder_hidden_states=None, attention_mask=None, temb=None,
                  *args, **kwargs):
@@ -34,9 +37,13 @@ class _RecordingAttnProcessor:
         elif attn.norm_cross:
             encoder_hidden_states = attn.norm_encoder_hidden_states(encoder_hidden_states)
         key = attn.head_to_batch_dim(attn.to_k(encoder_hidden_states))
-        value = attn.head_to_batch_dim(attn.to_v(encoder_hidden_states))
+        value = attn.to_v(encoder_hidden_states)
+        if self.edit_value is not None:
+            value = self.edit_value(self.name, value)
+        value = attn.head_to_batch_dim(value)
         probs = attn.get_attention_scores(attn.head_to_batch_dim(query), key, attention_mask)
-        self.sink(self.name, probs.unflatten(0, (-1, attn.heads)))  # head_to_batch_dim is batch-major
+        if self.sink is not None:
+            self.sink(self.name, probs.unflatten(0, (-1, attn.heads)))  # head_to_batch_dim is batch-major
         out = attn.batch_to_head_dim(torch.bmm(probs, value))
         out = attn.to_out[1](attn.to_out[0](out))
         if ndim == 4:
@@ -51,20 +58,29 @@ class record_cross_attention:
     pipeline's) calls `sink(name, probs)` with its attention probabilities, probs: batch x heads x pixels x
     tokens (with autograd). The original attention processors are restored on exit."""
 
-    def __init__(self, pipe, sink, model=None):
+    def __init__(self, pipe, sink, model=None, edit_value=None):
         self.layers = adapter_for(pipe).cross_attentions(model)
-        self.sink = sink
+        self.sink, self.edit_value = sink, edit_value
 
     def __enter__(self):
         self._old = [attn.processor for _, attn in self.layers]
         for name, attn in self.layers:
-            attn.set_processor(_RecordingAttnProcessor(name, self.sink))
+            attn.set_processor(_RecordingAttnProcessor(name, self.sink, self.edit_value))
         return [name for name, _ in self.layers]
 
     def __exit__(self, *exc):
         for (_, attn), old in zip(self.layers, self._old):
             attn.set_processor(old)
         return False
+
+
+class edit_cross_attention_values(record_cross_attention):
+    """Context manager: while active, every cross-attention layer of the denoiser reads the values
+    `edit(name, value)` instead of its own to_v output (value: batch x text tokens x inner dim), with the
+    rest of the attention computation unchanged. Restores the processors on exit."""
+
+    def __init__(self, pipe, edit, model=None):
+        super().__init__(pipe, None, model, edit_value=edit)
 
 
 def attention_grid(q: int, size: tuple[int, int]) -> tuple[int, int]:

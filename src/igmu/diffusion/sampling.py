@@ -11,6 +11,7 @@ import inspect
 
 import torch
 
+from ..errors import UserError
 from .arch import adapter_for
 
 
@@ -95,8 +96,29 @@ def concept_latents(pipe, model, prompts: list[str], n: int, steps: int, guidanc
 
 @torch.no_grad()
 def pipeline_images(pipe, prompts: list[str], negative_prompts: list[str] | None, latents: torch.Tensor,
-                    steps: int, guidance: float, height: int, width: int, **extra):
+                    steps: int, guidance: float, height: int, width: int, conditioning_at=None, **extra):
     """The plain pipeline call from given initial latents (N x C x h x w): float N x H x W x 3 in [0, 1] (what
-    generation does without an inference-time method, and what such a method's hook falls back to)."""
-    return adapter_for(pipe).pipeline_images(prompts, negative_prompts, latents, steps, guidance, height, width,
-                                             **extra)
+    generation does without an inference-time method, and what such a method's hook falls back to).
+
+    conditioning_at(step) -> N x L x D, if given, is the prompts' conditioning the denoiser reads at each
+    sampler step (SAFREE and SEOT switch between an edited and the plain encoding during sampling); the
+    negative prompts are encoded as usual. It goes through the pipeline's own loop (callback_on_step_end
+    replaces the prompt embeddings before the next step), so everything else is the plain call's. SD 1.x/2.x
+    pipelines only (their conditioning is the prompt embeddings alone)."""
+    a = adapter_for(pipe)
+    if conditioning_at is None:
+        return a.pipeline_images(prompts, negative_prompts, latents, steps, guidance, height, width, **extra)
+    if a.family != "sd":
+        raise UserError(f"switching the prompt conditioning while sampling is implemented for Stable Diffusion "
+                        f"1.x/2.x pipelines only, not {a.label}")
+    negative = a.encode(negative_prompts or [""] * len(prompts))[0]
+
+    def next_conditioning(_pipe, i, _t, kwargs):
+        cond = conditioning_at(i + 1).to(kwargs["prompt_embeds"].device, kwargs["prompt_embeds"].dtype)
+        if _pipe.do_classifier_free_guidance:
+            return {"prompt_embeds": torch.cat([kwargs["negative_prompt_embeds"], cond])}
+        return {"prompt_embeds": cond}
+    return pipe(prompt_embeds=conditioning_at(0), negative_prompt_embeds=negative, latents=a.pipeline_latents(latents),
+                num_inference_steps=steps, guidance_scale=guidance, height=height, width=width, output_type="np",
+                callback_on_step_end=next_conditioning,
+                callback_on_step_end_tensor_inputs=["prompt_embeds", "negative_prompt_embeds"], **extra).images

@@ -21,6 +21,15 @@ from . import sa  # noqa: F401,E402
 from . import salun  # noqa: F401,E402
 from . import erasediff  # noqa: F401,E402
 from . import scissorhands  # noqa: F401,E402
+from . import speed  # noqa: F401,E402
+from . import cure  # noqa: F401,E402
+from . import adavd  # noqa: F401,E402
+from . import safree  # noqa: F401,E402
+from . import seot  # noqa: F401,E402
+from . import gloce  # noqa: F401,E402
+from . import stereo  # noqa: F401,E402
+from . import sdd  # noqa: F401,E402
+from . import taskvector  # noqa: F401,E402
 
 
 def sampler_for(spec) -> Sampler:

@@ -5,8 +5,9 @@ Two kinds of eraser:
 - kind "weights" (the default): `erase(pipe, req, cfg)` returns the tensors it
   changed, keyed `<component>.<parameter name>` (e.g. `unet.down_blocks.0...to_v.weight`).
   Artifacts (igmu/artifacts.py, written by igmu/erase.py) store exactly those tensors plus a manifest.
-- kind "sampling" (inference-time baselines such as a negative prompt or SLD):
-  the weights stay as they are; `sampling(req, cfg)` returns a JSON-able spec
+- kind "sampling" (inference-time methods such as a negative prompt or SLD):
+  the weights stay as they are; `sampling(req, cfg)` (or `sampling_spec(pipe, req, cfg)`, for a spec
+  computed from the model, e.g. GLoCE's gated modules) returns a JSON-able spec
   `{"type": <the eraser's sampling_type>, ...}` of how the pipeline must sample.
   The artifact stores it in its manifest under "sampling". The eraser's
   `sampler(spec)` turns a spec back into a sampling hook (a `Sampler`); the
@@ -139,6 +140,11 @@ class Eraser:
     # Defaults that differ on a family because the official code for that architecture uses other values
     # (family -> {option: value}, each cited where declared); applied to the options the user did not set.
     family_defaults: ClassVar[dict[str, dict]] = {}
+    # Calibration knobs (the calibration protocol, igmu calibrate). strength: option -> "lr" (a learning rate),
+    # "up" (a larger value erases more: an erase or guidance scale), "down" (a smaller one does), or a list of
+    # named settings, weakest first. budget: option -> its cost role ("steps", "images", "sample_steps", ...).
+    strength: ClassVar[dict] = {}
+    budget: ClassVar[dict] = {}
 
     progress_factory = None  # set by the runner: total -> advance(k, **info)
 
@@ -178,6 +184,11 @@ class Eraser:
     def sampling(self, req: EraseRequest, cfg) -> dict:
         """kind "sampling": a JSON-able spec {"type": self.sampling_type, ...}."""
         raise NotImplementedError
+
+    def sampling_spec(self, pipe, req: EraseRequest, cfg) -> dict:
+        """kind "sampling": the spec for this model (what erasing calls). By default `sampling(req, cfg)`; a method
+        whose spec is computed from the model (GLoCE) overrides this."""
+        return self.sampling(req, cfg)
 
     def sampler(self, spec: dict) -> Sampler:
         """kind "sampling": the sampling hook for a spec this eraser made (UserError if the spec is malformed)."""

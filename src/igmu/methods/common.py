@@ -38,6 +38,14 @@ def generic_retain(targets: list[str]) -> list[str]:
     return [p for p in GENERIC_RETAIN if not content_words(p) & banned]
 
 
+def generic_retain_concepts(targets: list[str]) -> list[str]:
+    """The content words of GENERIC_RETAIN that no target uses, as bare concept names (for methods whose
+    official retain sets are lists of concept names, e.g. SPEED's data/instance.csv, GLoCE's anchor lists)."""
+    banned = set().union(*(content_words(t) for t in targets))
+    words = [w for p in GENERIC_RETAIN for w in sorted(content_words(p), key=p.index)]
+    return [w for w in dict.fromkeys(words) if w not in banned]
+
+
 def anchor_text(req) -> str:
     """The anchor (surrogate) concept of a request: --anchor, or the empty prompt when none is given."""
     return req.anchor.strip() if req.anchor and req.anchor.strip() else ""
@@ -63,6 +71,38 @@ def check_request(pipe, req) -> None:
         a.check_prompt(p, "preserved concept")
     if anchor_text(req) and anchor_text(req) in req.targets:
         raise UserError("the --anchor is one of the targets; anchor the target to a different concept")
+
+
+def spec_sampler(method, spec: dict, key: str, sample_fn):
+    """The sampling hook of a spec made of `method`'s options plus a non-empty list of concept texts under `key`
+    (AdaVD, SAFREE, SEOT): one UserError line when the spec is malformed."""
+    from pydantic import ValidationError
+
+    try:
+        method.Config(**{k: v for k, v in spec.items() if k not in ("type", key)})
+    except (ValidationError, TypeError) as e:
+        raise UserError(f"artifact's {method.name} sampling spec is malformed: {str(e).splitlines()[0]}") from None
+    texts = spec.get(key)
+    if not (isinstance(texts, list) and texts and all(isinstance(t, str) and t for t in texts)):
+        raise UserError(f"artifact's {method.name} sampling spec has no {key}")
+
+    def sample(pipe, prompts, negative, latents, steps, guidance, height, width):
+        return sample_fn(pipe, prompts, negative, latents, steps, guidance, height, width, spec)
+    return sample
+
+
+def last_token_rows(hs: torch.Tensor, mask: torch.Tensor, segments: list[tuple[int, int]] | None = None):
+    """Each prompt's last-word-token row (the official closed-form scripts' `attention_mask.sum() - 2`: UCE's
+    uce_sd_erase.py and uce_flux_edit.py, SPEED, AdaVD), in every text encoder's run of rows `segments`
+    (adapter.token_segments(); default one run, the whole prompt); -1, the run's last row, for a prompt of no
+    word under a tokenizer without a start token. (N * len(segments)) x D."""
+    segments = segments or [(0, hs.shape[1])]
+    out = []
+    for i in range(len(hs)):
+        for start, length in segments:
+            k = int(mask[i, start:start + length].sum()) - 2
+            out.append(hs[i, start + k % length])
+    return torch.stack(out)
 
 
 class ClosedFormEdit:

@@ -34,11 +34,14 @@ concepts) are several rows e*_i of one edit per epoch, each target's e* derived
 from its own prompt.
 
 Defaults (official code CharlesGong12/RECE, README "Notes" and scripts/):
-  * first stage: igmu's UCE at its own defaults (lamb 0.5, erase 1, preserve
-    0.1, keys and values), with the request's anchor and preserved concepts. The
-    official scripts start from a UCE checkpoint made with UCE's own script
-    ("...-towards_uncond-preserve_false-...-method_replace-..." for nudity and
-    objects).
+  * first stage: igmu's UCE at its own defaults (the paper's train_erase.py
+    rows: lamb 0.5, erase 1, keys and values, the empty prompt preserved at
+    max(0.1, 1 / len([''] + preserved)), i.e. 1.0 without --preserve), with the
+    request's anchor and preserved concepts. The official scripts start from a
+    UCE checkpoint made with RECE's own copy of UCE's script
+    (erase_methods/train_uce.py: the same rule, rounded to 3 decimals); the
+    README's checkpoint "erased-nudity-towards_uncond-preserve_false-sd_1_4-
+    method_replace-1-1.0.pt" is erase scale 1, preserve scale 1.0.
   * lamb 0.1, erase_scale 1, preserve_scale 0.1 (train.py / train_object.py
     argparse defaults; README: "lambda_1 = 0.1 and lambda_2 = 0.1").
   * regular_scale (lambda) and epochs: the README lists 1e-1 with 3 epochs for
@@ -57,6 +60,8 @@ Differences from the official code, stated exactly:
     model, so it runs exactly `epochs` epochs and returns the last model.
   * The edit is solved with torch.linalg.solve in float64 (official:
     mat1 @ torch.inverse(mat2) in float32); same solution, better conditioned.
+  * An empty `--preserve ""` is refused (every empty concept is); the empty
+    prompt is in the retain prompts [''] + preserve_concepts already.
   * Nothing else: no step is scaled for the mini model (closed forms cost
     milliseconds).
 
@@ -67,7 +72,9 @@ defaults: last word token, context_embedder and the pooled projection); then, pe
 closed-form attack and edit above: e* over all token rows of the prompt for context_embedder (one layer:
 e* = (W'^T W' + lambda I)^-1 W'^T W c), and e* of the pooled embedding for the pooled projection.
 
-Mini model (24 forget and 24 retain images per target, igmu.world.erasure_checks;
+Mini model (measured before the first stage preserved the empty prompt, i.e. with
+uce_preserve_scale=0; the table in docs/methods.md has the current figures;
+24 forget and 24 retain images per target, igmu.world.erasure_checks;
 forget = share of forget images still showing the target, retain = share of
 retain images drawn as asked; the original model: forget 1.00, retain ~1.00; UCE
 alone in the same run: circle 0.50 / 0.71, striped 0.33 / 0.75, hex mark 0.00 /
@@ -99,7 +106,8 @@ class RECEConfig(MethodConfig):
     preserve_scale: float = Field(0.1, ge=0)  # official --preserve_scale 0.1 (README lambda_2 = 0.1)
     uce_lamb: float = Field(0.5, ge=0)  # first stage: UCE's own default (uce.py, official train_erase.py)
     uce_erase_scale: float = Field(1.0, gt=0)  # first stage: UCE's own default
-    uce_preserve_scale: float = Field(0.1, ge=0)  # first stage: UCE's own default
+    # first stage: None = UCE's rule max(0.1, 1/len([''] + preserve)) (official erase_methods/train_uce.py)
+    uce_preserve_scale: float | None = Field(None, ge=0)
     with_to_k: bool = True  # official close_form_emb(..., with_to_k=True) and edit_model_adversarial default
 
 
@@ -136,6 +144,7 @@ class RECE(Eraser):
     multi_concept = True
     Config = RECEConfig
     architectures = {"sd": None, "sdxl": None, "sd3": None, "flux": None}
+    strength = {"erase_scale": "up", "uce_erase_scale": "up"}
 
     def check(self, pipe, req: EraseRequest, cfg: RECEConfig):
         UCE().check(pipe, req, cfg)
@@ -157,7 +166,8 @@ class RECE(Eraser):
         targets = list(req.targets)
         anchor = req.anchor if req.anchor and req.anchor.strip() else " "  # official new_texts default ' '
         cond, _ = a.encode(targets + [anchor])
-        k_cond = a.encode([""] + list(req.preserve))[0]
+        keep_texts = [""] + [p for p in dict.fromkeys(p.strip() for p in req.preserve) if p]  # official [''] + preserve
+        k_cond = a.encode(keep_texts)[0]
         # what each kind of layer reads: token rows, and (SD3, FLUX) the pooled embedding, 1 row per prompt
         streams = {"tokens": (a.text_rows(cond).float().cpu(), a.text_rows(k_cond).float().cpu())}
         if any(p.reads == "pooled" for p in layers):

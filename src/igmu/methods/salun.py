@@ -47,11 +47,12 @@ mini world's vocabulary (plain shapes, colours, styles, a person), which is also
 Stable Diffusion; on a real model pass --preserve with the concepts that matter.
 
 Differences from the official code, stated exactly:
-  * Mask direction. The official SD generate_mask.py ranks |grad| in ascending order and keeps
-    rank < 0.5 N, i.e. the half with the SMALLEST saliency, while the paper (eq. 6) and the
-    official Classification and DDPM generate_mask code (which negate the scores first) keep the
-    largest. igmu keeps the largest, as the paper says. Ties: weights whose saliency equals the
-    threshold are not kept (at most mask_ratio of all weights).
+  * Mask direction: none. The paper (eq. 6) keeps the weights of the largest saliency, and so does
+    every official generate_mask (SD/train-scripts/generate_mask.py, Classification/generate_mask.py,
+    DDPM/runners/diffusion.py): each negates the scores (all_elements = -cat(|grad|)), ranks them in
+    ascending order and keeps rank < mask_ratio N, i.e. the largest |grad|. igmu keeps the largest
+    too. Ties: weights whose saliency equals the threshold are not kept (at most mask_ratio of all
+    weights).
   * The images are the sampler's final latents of the frozen model (concept_latents), not real or
     decoded-and-re-encoded images; the sampler is the pipeline's own scheduler.
   * The changed tensors are reported per tensor: only UNet tensors in which some entry was masked

@@ -6,19 +6,39 @@ projected where the anchor's tokens were (eq. 7 of the paper):
 
     W' = (lamb W + s_e sum_i v*_i k_i^T + s_p sum_j W c_j c_j^T)(lamb I + s_e sum_i k_i k_i^T + s_p sum_j c_j c_j^T)^-1
 
-k_i: text-encoder outputs of the target prompt from its last word token to the
-end (EOS and padding tokens carry the concept too); v*_i = W a_i for the same
-positions of the anchor prompt (the "replace" technique of the official code);
-c_j: all token outputs of each preserved concept. Several targets at once are
-several rows of K and V.
+k_i: text-encoder outputs of a target; v*_i = W a_i, the original projection
+of the anchor's outputs at the same positions (the "replace" technique); c_j:
+outputs of the preserved concepts. Several targets at once are several rows of
+K and V. Which token rows enter, and the preserved set with its scale, follow
+one of the two official scripts (rohitgandikota/unified-concept-editing):
 
-Defaults follow the official code (rohitgandikota/unified-concept-editing,
-train-scripts/train_erase.py): lamb = 0.5 (passed to edit_model in __main__),
-erase_scale = 1.0 and preserve_scale = 0.1 (argparse defaults), edit of both
-to_k and to_v (with_to_k=True), anchor ' ' (a blank prompt) when none is
-given. Differences: none in the update; the official script computes the
-values with the already-edited earlier matrices only for the 'tensor'
-technique, which igmu does not offer.
+* token_rows "to_end" (default on SD 1.x/2.x): the paper's script,
+  train-scripts/train_erase.py (commit bd5fb51; also the first stage of RECE's
+  own script CharlesGong12/RECE erase_methods/train_uce.py, the same code).
+  k_i: the target prompt's outputs from its last word token to the end of the
+  padded sequence (EOS and padding carry the concept too), aligned with the
+  anchor's from its own last word token. Preserved: retain_texts = [''] +
+  preserve_concepts, every token row of each, so the empty prompt is always
+  preserved; preserve_scale defaults to max(0.1, 1 / len(retain_texts))
+  (argparse default None, then that rule): 1.0 with no --preserve, 0.5 with
+  one, 0.1 from nine on. lamb = 0.5 (passed to edit_model in __main__),
+  erase_scale = 1 (argparse). Anchor ' ' (a blank prompt) when none is given.
+* token_rows "last": the newer scripts, trainscripts/uce_sd_erase.py (and
+  uce_flux_edit.py). Only the last word token (attention_mask.sum() - 2) of
+  each target, anchor and preserved concept enters; the preserved concepts are
+  exactly --preserve (no empty prompt added), at preserve_scale 1 (argparse
+  default); lamb 0.5, erase_scale 1; anchor '' when none is given (its "last
+  token" is then the start token; the script uses 'art' for --concept_type
+  art, which igmu leaves to --anchor art). `--set token_rows=last` selects it.
+
+`--preserve ""` is refused like every empty concept (with "to_end" the
+empty prompt is preserved anyway). preserve_scale, when set,
+overrides the scripts' rule; preserve_scale=0 preserves nothing (igmu's
+behaviour before the official preservation was added). Common to both: edit of
+to_k and to_v (with_to_k=True). Differences from the official code: the solve
+is torch.linalg.solve in float64 (official: mat1 @ inverse(mat2) in float32),
+the same solution; the 'tensor' technique of train_erase.py is not offered
+(its default is 'replace').
 
 Other architectures (docs/architectures.md). The edited layers are the adapter's text_projections, the
 Linear layers that read the text encoders' output directly:
@@ -47,13 +67,14 @@ from pydantic import Field
 
 from ..diffusion.arch import adapter_for
 from .base import EraseRequest, Eraser, MethodConfig, register
-from .common import ClosedFormEdit, check_targets
+from .common import ClosedFormEdit, check_targets, last_token_rows
 
 
 class UCEConfig(MethodConfig):
     lamb: float = Field(0.5, ge=0)  # official train_erase.py __main__: edit_model(..., lamb=0.5)
     erase_scale: float = Field(1.0, gt=0)  # official argparse default --erase_scale 1
-    preserve_scale: float = Field(0.1, ge=0)  # official argparse default --preserve_scale 0.1
+    # None: the scripts' rule: train_erase.py max(0.1, 1/len([''] + preserve)) (token_rows to_end); 1 (last)
+    preserve_scale: float | None = Field(None, ge=0)
     with_to_k: bool = True  # official edit_model default: edit keys as well as values
     # which token rows of a concept enter: "to_end" (train_erase.py: last word token to the end) or "last"
     # (uce_sd_erase.py / uce_flux_edit.py: the last word token only, per text encoder)
@@ -71,36 +92,42 @@ def _concept_rows(hs: torch.Tensor, mask: torch.Tensor, i_src: int, i_dst: int):
     return src, dst
 
 
-def _last_rows(hs: torch.Tensor, mask: torch.Tensor, segments: list[tuple[int, int]]) -> torch.Tensor:
-    """Each prompt's last-word-token row in every text encoder's run of rows (index mask.sum() - 2 within the
-    run, as the official scripts; -1, the run's last row, for a prompt of no word under a tokenizer without a
-    start token). N x len(segments) x D, flattened to (N * len(segments)) x D."""
-    out = []
-    for i in range(len(hs)):
-        for start, length in segments:
-            k = int(mask[i, start:start + length].sum()) - 2
-            out.append(hs[i, start + k % length])
-    return torch.stack(out)
+def retain_texts(req: EraseRequest, cfg: UCEConfig) -> list[str]:
+    """The preserved prompts: [''] + --preserve (train_erase.py, token_rows to_end) or --preserve (last)."""
+    keep = list(dict.fromkeys(p.strip() for p in req.preserve))
+    if cfg.token_rows == "to_end":
+        return [""] + [p for p in keep if p]
+    return keep
+
+
+def preserve_scale(cfg: UCEConfig, n_retain: int) -> float:
+    """The preservation weight: the option, else the scripts' rule."""
+    if cfg.preserve_scale is not None:
+        return cfg.preserve_scale
+    return max(0.1, 1 / n_retain) if cfg.token_rows == "to_end" else 1.0
 
 
 @register
 class UCE(Eraser):
     name = "uce"
-    summary = "closed-form edit of cross-attention K/V so target tokens map onto the anchor's"
+    summary = "closed-form edit of cross-attention K/V so target tokens map onto the anchor's, the empty prompt kept"
     changes = ("UNet cross-attention to_k and to_v weights; on SD3/FLUX context_embedder and the pooled-text "
                "projection")
-    source = "Gandikota et al., Unified Concept Editing in Diffusion Models, WACV 2024; rohitgandikota/unified-concept-editing"
+    source = ("Gandikota et al., Unified Concept Editing in Diffusion Models, WACV 2024; "
+              "rohitgandikota/unified-concept-editing")
     multi_concept = True
     Config = UCEConfig
     architectures = {"sd": None, "sdxl": None, "sd3": None, "flux": None}
     _official = {"token_rows": "last", "preserve_scale": 1.0}  # uce_sd_erase.py (SDXL) / uce_flux_edit.py
     family_defaults = {"sdxl": _official, "sd3": _official, "flux": _official}
+    strength = {"erase_scale": "up"}
 
     def check(self, pipe, req: EraseRequest, cfg):
         a = adapter_for(pipe)
         check_targets(a, req)
         for p in req.preserve:
-            a.check_prompt(p, "preserved concept")
+            if p.strip():  # "" is the empty prompt, which the official script preserves
+                a.check_prompt(p, "preserved concept")
         a.text_projections()
 
     @torch.no_grad()
@@ -116,15 +143,17 @@ class UCE(Eraser):
             K = torch.cat([k for k, _ in pairs])  # target token rows
             A = torch.cat([v for _, v in pairs])  # anchor token rows, aligned
         else:
-            rows = _last_rows(hs, mask, a.token_segments()).reshape(n + 1, -1, hs.shape[-1])
+            rows = last_token_rows(hs, mask, a.token_segments()).reshape(n + 1, -1, hs.shape[-1])
             K, A = rows[:n].reshape(-1, hs.shape[-1]), rows[n:].expand(n, -1, -1).reshape(-1, hs.shape[-1])
         keep = keep_pooled = None
-        if req.preserve:
-            k_cond, k_mask = a.encode(list(req.preserve))
+        keep_texts = retain_texts(req, cfg)
+        if keep_texts:
+            k_cond, k_mask = a.encode(keep_texts)
             k_hs = a.text_rows(k_cond)
             keep = (k_hs.reshape(-1, hs.shape[-1]) if cfg.token_rows == "to_end"
-                    else _last_rows(k_hs, k_mask, a.token_segments()))
+                    else last_token_rows(k_hs, k_mask, a.token_segments()))
             keep_pooled = a.pooled(k_cond)
+        s_p = preserve_scale(cfg, len(keep_texts)) if keep_texts else 0.0
         pooled = a.pooled(cond)  # SDXL's pooled embedding feeds no text projection; SD3's and FLUX's do
         changed, solvers = {}, {}
         for p in a.text_projections():
@@ -133,7 +162,7 @@ class UCE(Eraser):
             X, Y, C = (K, A, keep) if p.reads == "tokens" else (pooled[:n], pooled[n:].expand(n, -1), keep_pooled)
             if p.reads not in solvers:  # every layer reading the same rows shares one factorisation
                 solvers[p.reads] = ClosedFormEdit(X.float().cpu(), None if C is None else C.float().cpu(),
-                                                  cfg.lamb, cfg.erase_scale, cfg.preserve_scale)
+                                                  cfg.lamb, cfg.erase_scale, s_p)
             W = p.linear.weight.detach().float().cpu()
             V = Y.float().cpu() @ W.T  # v* = W a
             W_new = solvers[p.reads](W, V)
