@@ -127,8 +127,8 @@ def get_method(name: str) -> Eraser:
     return REGISTRY[name]()
 
 
-def parse_config(method: Eraser, config_file: str | None = None, sets: list[str] | None = None) -> MethodConfig:
-    """Defaults <- YAML file <- key=value overrides; unknown keys and bad values are one-line errors."""
+def option_values(method: Eraser, config_file: str | None = None, sets: list[str] | None = None) -> dict:
+    """The options a user gives: a YAML file, then key=value overrides (not yet validated against the method)."""
     values: dict = {}
     if config_file:
         try:
@@ -149,6 +149,14 @@ def parse_config(method: Eraser, config_file: str | None = None, sets: list[str]
             values[k.strip()] = yaml.safe_load(v)
         except yaml.YAMLError:  # not a YAML scalar (e.g. "{} and {}"): take it as a plain string
             values[k.strip()] = v
+    return values
+
+
+def parse_config(method: Eraser, config_file: str | None = None, sets: list[str] | None = None,
+                 base: dict | None = None) -> MethodConfig:
+    """Defaults <- `base` (a preset's values) <- YAML file <- key=value overrides; unknown keys and bad values are
+    one-line errors."""
+    values = {**(base or {}), **option_values(method, config_file, sets)}
     fields = method.Config.model_fields
     unknown = [k for k in values if k not in fields]
     if unknown:
