@@ -143,16 +143,17 @@ def test_erase_with_a_preset_records_it_and_set_overrides_it(mini_fp, tmp_path):
 
 
 def test_preset_errors_are_one_line(mini_fp, tiny_sd1, tmp_path):
+    from igmu.erase import run_erase
+
     p = _preset(tmp_path / "p.yaml", mini_fp, {"uce": {"method": "uce", "set": {"erase_scale": 2.0}}})
     r = cli("erase", "--model", str(tiny_sd1), "--method", "uce", "--target", "circle", "--preset", str(p),
             "--out", str(tmp_path / "a"))
     one_line_error(r, "calibrated for another model")
-    r = cli("erase", "--method", "esd", "--target", "circle", "--preset", str(p), "--out", str(tmp_path / "b"))
-    one_line_error(r, "has no entry for method 'esd'")
+    with pytest.raises(UserError, match="has no entry for method 'esd'"):
+        run_erase("mini", "esd", ["circle"], None, [], None, [], tmp_path / "b", preset=str(p))
     (tmp_path / "junk.yaml").write_text("a: 1\n")
-    r = cli("erase", "--method", "uce", "--target", "circle", "--preset", str(tmp_path / "junk.yaml"),
-            "--out", str(tmp_path / "c"))
-    one_line_error(r, "is not an igmu preset file")
+    with pytest.raises(UserError, match="is not an igmu preset file"):
+        run_erase("mini", "uce", ["circle"], None, [], None, [], tmp_path / "c", preset=str(tmp_path / "junk.yaml"))
     assert not any((tmp_path / d).exists() for d in ("a", "b", "c"))
 
 
