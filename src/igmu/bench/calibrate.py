@@ -79,8 +79,11 @@ RULE_TEXT = [
 # ------------------------------------------------------------------------------------------ the rule
 
 
-def published(method) -> dict:
-    return {k: f.default for k, f in method.Config.model_fields.items()}
+def published(method, family: str | None = None) -> dict:
+    """The method's published defaults, with its official defaults for the model's architecture family
+    (Eraser.family_defaults, e.g. ESD's SDXL learning rate) where they differ."""
+    out = {k: f.default for k, f in method.Config.model_fields.items()}
+    return {**out, **(getattr(method, "family_defaults", {}) or {}).get(family, {})}
 
 
 def knobs(method) -> tuple[dict, dict]:
@@ -363,6 +366,7 @@ class Calibrator:
             raise UserError("give at least one calibration concept (--concepts square,dotted)")
         self.s, self.echo, self.progress = setup, echo, progress
         self.fp = model_hash(resolve_model(setup.model))
+        self.family = _family(setup.model)
         self.tasks = calibration_tasks(setup.concepts, setup.model, setup.clip, setup.images_per_prompt,
                                        setup.max_prompts)
         self.excluded = check_disjoint(self.tasks, setup.bench_config)
@@ -418,13 +422,13 @@ class Calibrator:
         from ..methods.base import parse_config
 
         method = REGISTRY[entry.method]()
-        base = published(method)
+        base = published(method, self.family)
         strength, cost = knobs(method)
-        budget = budget_values(method, self.caps)
+        budget = budget_values(method, self.caps, base)
         concepts = list(self.tasks)
 
         def values_at(r):
-            return {**budget, **rung_values(method, r)}
+            return {**budget, **rung_values(method, r, base)}
 
         def evaluate(r, concept):
             vals = values_at(r)
@@ -435,7 +439,7 @@ class Calibrator:
                 return None
             t0 = time.perf_counter()
             res = self.measure(entry, vals, concept)
-            self.echo(f"[{index}/{total}] {entry.label} rung {r} ({_fmt(rung_values(method, r))}) {concept}: "
+            self.echo(f"[{index}/{total}] {entry.label} rung {r} ({_fmt(rung_values(method, r, base))}) {concept}: "
                       f"forgetting {res['forgetting']:.0%} (n={res['n_forget']}) [{time.perf_counter() - t0:.0f} s]")
             return res
 
@@ -450,7 +454,7 @@ class Calibrator:
         for r in sorted(seen):
             rows = seen[r]
             rungs.append({"rung": r, "multiplier": float(f"{multiplier(method, r):.4g}"),
-                          "values": rung_values(method, r),
+                          "values": rung_values(method, r, base),
                           "passed": all(c in rows and passes(rows[c]) for c in concepts),
                           "concepts": {c: rows.get(c, "not measured: the rung had already failed") for c in concepts}})
         if status == "reached":  # the chosen rung must have passed with every figure
@@ -488,8 +492,17 @@ class Calibrator:
                             "retain: every retain group",
                 "sampling": {"steps": 20, "guidance": 5.0}, "seed": self.s.seed, "judges": judges,
                 "test_concepts_excluded": self.excluded},
+            "architecture": self.family,
             "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), "igmu_version": __version__,
         }
+
+
+def _family(model: str) -> str:
+    """The model's architecture family (diffusion.arch: sd, sdxl, sd3, flux)."""
+    from ..artifacts import load_model
+    from ..diffusion.arch import adapter_for
+
+    return adapter_for(load_model(model)).family
 
 
 def _r(x: float) -> float:
