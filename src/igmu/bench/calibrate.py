@@ -25,11 +25,10 @@ module replaces per-method hand scaling with one rule, the same for every method
 3. Criterion. A rung passes when, on EVERY calibration concept, the share of images of the concept's
    held-out forget prompts (its task's forget.explicit set: scenes naming the concept that no method sees
    while erasing, which gets only the concept's name) in which the judge still finds it is <= 20%.
-4. Search. Walk the coarse rungs 0, 2, 4, 6 in order and stop at the first that passes; if it is r > 0,
-   also evaluate r - 1. The chosen rung is the smallest passing rung evaluated (with a monotone response
-   this is the smallest passing rung of the whole ladder). On a rung, concepts are evaluated in order and
-   a concept that fails ends the rung (the others are measured later only if the fallback needs them).
-5. Fallback. When no coarse rung passes, every concept is measured on every coarse rung and the rung with
+4. Search. Walk the rungs 0, 1, 2, ... in order and stop at the first that passes: the chosen rung is the
+   smallest passing rung of the ladder. On a rung, concepts are evaluated in order and a concept that
+   fails ends the rung (the others are measured later only if the fallback needs them).
+5. Fallback. When no rung passes, every concept is measured on the coarse rungs 0, 2, 4, 6 and the one with
    the best trade-off is chosen: the largest mean over concepts of (retain - forgetting), where retain is
    the share of retain-prompt images drawn as asked (the judge checks each prompt's expected concepts);
    ties go to the lower rung. The preset marks such a method "best-tradeoff" (it did not reach 20%).
@@ -69,10 +68,9 @@ RULE_TEXT = [
     "r // 2 places up; rung 0 = published strength",
     f"criterion: forgetting <= {THRESHOLD:.0%} on every calibration concept's held-out forget prompts "
     "(the judge finds the concept in at most that share of images)",
-    "search: coarse rungs 0, 2, 4, 6 in order, stop at the first passing; if r > 0 also r - 1; choose the "
-    "smallest passing rung evaluated",
-    "fallback: no passing rung -> the rung with the largest mean over concepts of (retain - forgetting); "
-    "ties to the lower rung; marked best-tradeoff",
+    "search: rungs 0, 1, 2, ... in order; the first passing rung is chosen (a concept that fails ends its rung)",
+    "fallback: no passing rung -> of the coarse rungs 0, 2, 4, 6, every concept measured, the one with the "
+    "largest mean over concepts of (retain - forgetting); ties to the lower rung; marked best-tradeoff",
 ]
 
 
@@ -211,14 +209,12 @@ def choose(evaluate, concepts: list[str], has_knob: bool, retain=None) -> tuple[
     if not has_knob:
         run(0, all_concepts=True)
         return with_retain(0), "no-knob", seen
-    for r in COARSE:
+    for r in range(RUNGS):
         ok = run(r)
         if ok is None:
             seen.pop(r, None)
             break
         if ok:
-            if r > 0 and run(r - 1):
-                return with_retain(r - 1), "reached", seen
             return with_retain(r), "reached", seen
     full = []
     for r in COARSE:
