@@ -53,7 +53,7 @@ def test_every_method_declares_valid_knobs():
         strength, cost = C.knobs(m)  # raises on an unknown option, direction or role
         C.budget_values(m, C.BUDGETS["small"])
         assert C.rung_values(m, 0) == {k: C.published(m)[k] for k in strength}  # rung 0 is the published strength
-        if C.family(m) == "fine-tuning":
+        if C.method_family(m) == "fine-tuning":
             assert any(r.startswith("steps") or r == "epochs" for r in cost.values()), name
 
 

@@ -99,7 +99,8 @@ def knobs(method) -> tuple[dict, dict]:
     return strength, cost
 
 
-def family(method) -> str:
+def method_family(method) -> str:
+    """fine-tuning (an lr knob), closed-form or inference-time: which ladder its knobs climb."""
     strength, _ = knobs(method)
     if method.kind == "sampling":
         return "inference-time"
@@ -456,7 +457,7 @@ class Calibrator:
         if status == "reached":  # the chosen rung must have passed with every figure
             assert all("retain" in seen[rung][c] for c in concepts)
         chosen = values_at(rung)
-        return {"method": entry.method, "fixed": entry.fixed, "family": family(method),
+        return {"method": entry.method, "fixed": entry.fixed, "family": method_family(method),
                 "strength_knobs": {k: (list(v) if isinstance(v, (list, tuple)) else v) for k, v in strength.items()},
                 "cost_knobs": cost,
                 "published": {k: base[k] for k in list(strength) + list(cost)},
