@@ -228,6 +228,9 @@ def erase(
     config: Optional[str] = typer.Option(None, "--config", help="YAML of method options."),
     set_: Optional[List[str]] = typer.Option(None, "--set", help="Override one option: key=value (repeatable); "
                                              "options, defaults and bounds: igmu methods NAME."),
+    preset: Optional[str] = typer.Option(None, "--preset", help="A preset file for this model (igmu calibrate; "
+                                         "e.g. presets/mini.yaml), or 'published' (the default: the method's "
+                                         "published defaults). --config and --set override it."),
     out: Path = typer.Option(..., "--out", "-o", help="Artifact folder to write."),
     device: str = _device_opt(),
     dtype: str = _dtype_opt(),
@@ -246,7 +249,7 @@ def erase(
     targets, anchor, keep = check_concepts(target, anchor, preserve)
     runtime = Runtime.resolve(device, dtype, gradient_checkpointing)
     res = run_erase(model, method, targets, anchor, keep, config, list(set_ or []), out,
-                    _progress(f"erasing ({method})"), runtime)
+                    _progress(f"erasing ({method})"), runtime, preset=preset)
     cost = load_artifact(res)[0]["cost"]
     typer.echo(f"wrote artifact {res} ({cost['params_changed']} parameters changed, {cost['erase_seconds']:.2f} s)")
 
@@ -495,6 +498,37 @@ def bench(config: Path = typer.Option(..., "--config", "-c", help="Bench YAML: m
     res = run_bench(config, out, backend, address, echo=lambda m: typer.echo(m, err=True))
     typer.echo(f"bench done: {res['cells']} cells ({res['ran']} run now) in {res['seconds']} s; "
                f"report: igmu report {res['out']}")
+
+
+@app.command()
+@handles_errors
+def calibrate(model: str = typer.Option("mini", "--model", "-m", help="The model to calibrate: 'mini' or a local pipeline folder."),
+              methods: Optional[str] = typer.Option(None, "--methods", help="Comma-separated method names or labels of the --bench-config's methods (default: the bench config's methods, else every method)."),
+              concepts: str = typer.Option(..., "--concepts", help="Comma-separated calibration concepts (e.g. square,dotted): planned with the model's world, or task specs (mini:object-square, a task YAML). Never a test concept."),
+              bench_config: Optional[Path] = typer.Option(None, "--bench-config", help="The benchmark the preset is for: its tasks' targets are refused as calibration concepts, its method labels (e.g. esd-u) usable in --methods."),
+              out: Path = typer.Option(..., "--out", "-o", help="Preset file to write, e.g. presets/mini.yaml (an existing one of the same model and settings is extended)."),
+              budget: str = typer.Option("published", "--budget", help="Compute budget: published (no caps) or small (the mini model on 2 CPU cores; see igmu/bench/calibrate.py)."),
+              n: int = typer.Option(1, "-n", help="Images per held-out prompt."),
+              max_prompts: Optional[int] = typer.Option(None, "--max-prompts", help="Use only the first N prompts of each prompt set (quick checks; the preset records it)."),
+              seed: int = typer.Option(0, "--seed"),
+              clip: Optional[str] = typer.Option(None, "--clip", help="Real models: a local CLIP (clip:PATH) for the planner's judges."),
+              work: Optional[Path] = typer.Option(None, "--work", help="Work folder: per-rung results and images (default: the igmu cache); rerun to resume.")):
+    """Choose each method's strength for a model by one fixed rule (a ladder of budgets, forgetting <= 20% on
+    held-out prompts of calibration concepts) and write a preset file for igmu erase --preset and bench configs."""
+    from .bench.calibrate import CalibrationSetup, entries_from, run_calibration
+
+    if max_prompts is not None and max_prompts < 1:
+        raise UserError(f"--max-prompts must be at least 1, got {max_prompts}")
+    if out.exists() and not out.is_file():
+        raise UserError(f"--out {out} is a folder; give a preset file path such as presets/mini.yaml")
+    names = [m.strip() for m in (methods or "").split(",") if m.strip()]
+    setup = CalibrationSetup(model=model, entries=entries_from(names, str(bench_config) if bench_config else None),
+                             concepts=[c.strip() for c in concepts.split(",") if c.strip()], budget=budget,
+                             images_per_prompt=n, max_prompts=max_prompts, seed=seed, clip=clip,
+                             bench_config=str(bench_config) if bench_config else None, work=work)
+    res = run_calibration(setup, out, echo=lambda m: typer.echo(m, err=True), progress=_progress)
+    typer.echo(f"wrote preset {res['out']} ({res['methods']} methods); use it with: igmu erase --preset {res['out']} "
+               f"or a bench config's preset: key")
 
 
 @app.command()

@@ -22,19 +22,25 @@ from .utils.memory import peak_gpu_mb, peak_rss_mb, reset_peak_gpu
 
 def run_erase(model: str, method_name: str, targets: list[str], anchor: str | None, preserve: list[str],
               config_file: str | None, sets: list[str] | None, out: Path, progress_factory=None,
-              runtime: Runtime | None = None) -> Path:
+              runtime: Runtime | None = None, preset=None) -> Path:
+    """`preset`: None (the method's published defaults), "published" (the same, recorded as chosen), a preset
+    file (presets.py: checked against the model, its entry for this method applied under --config / --set),
+    or a presets.PresetChoice already resolved by the caller (bench: chained steps erase from merged models)."""
     from .artifacts import load_model
     from .methods import get_method, sampler_for
-    from .methods.base import EraseRequest, parse_config
+    from .methods.base import EraseRequest, option_values, parse_config
     from .methods.common import check_request
     from .models.load import model_hash, resolve_model
+    from .presets import PresetChoice, resolve_preset
     from .utils.io import check_out
     from .utils.validate import check_concepts
     from .utils.versions import versions
 
     method = get_method(method_name)
     method.progress_factory = progress_factory
-    cfg = parse_config(method, config_file, sets)
+    if preset is not None and not isinstance(preset, PresetChoice):
+        preset = resolve_preset(preset, model, method, option_values(method, config_file, sets))
+    cfg = parse_config(method, config_file, sets, preset.values if preset else None)
     if not targets:
         raise UserError("no --target given; name the concept to erase, e.g. --target \"circle\"")
     # the same text rules for all three; the anchor is kept as given (methods strip it; a blank one is the empty prompt)
@@ -80,6 +86,7 @@ def run_erase(model: str, method_name: str, targets: list[str], anchor: str | No
         "base_model": model, "base_model_resolved": where,
         "base_model_hash": model_hash(where), "method": method.name, "config": cfg.model_dump(),
         "targets": targets, "anchor": anchor, "preserve": req.preserve, "versions": versions(),
+        **({"preset": preset.manifest()} if preset else {}),
         "cost": {"erase_seconds": round(secs, 3), "peak_rss_mb": round(peak_mb, 1),
                  "params_in_changed_tensors": n_tensor, "params_changed": n_diff},
         "runtime": runtime.describe(),

@@ -2,9 +2,12 @@
 
     name: mini
     model: mini
-    methods:                       # a name, or {label, method, set}
+    preset: ../presets/mini.yaml   # optional: every method's options from this preset (igmu calibrate), or
+                                   #   "published" (the methods' published defaults; also the default)
+    methods:                       # a name, or {label, method, set, preset}
       - uce
       - {label: esd-x, method: esd, set: {train_method: xattn}}
+      - {label: esd-x-published, method: esd, preset: published}   # a per-method preset overrides the top one
     tasks: [mini:object-circle, tasks/mini/style-striped.yaml]
     seeds: [0]
     aspects: [forgetting, preservation, quality, alignment, robustness]
@@ -37,6 +40,7 @@ class MethodEntry(_Strict):
     label: str
     method: str
     set: dict = Field(default_factory=dict)
+    preset: str | None = None  # a preset file (relative to the config) or "published"; default: the config's
 
 
 class EvalSettings(_Strict):
@@ -60,6 +64,7 @@ class Resources(_Strict):
 class BenchConfig(_Strict):
     name: str = "bench"
     model: str = "mini"
+    preset: str | None = None  # a preset file (relative to the config) or "published"; None: published defaults
     methods: list[MethodEntry] = Field(min_length=1)
     tasks: list[str] = Field(min_length=1)
     seeds: list[Annotated[int, Field(ge=0, le=SEED_MAX)]] = Field(default_factory=lambda: [0], min_length=1,
@@ -121,15 +126,15 @@ def load_config(path: Path) -> tuple[BenchConfig, dict]:
     if len(set(labels)) != len(labels):
         raise UserError(f"bench config {path}: method labels must be unique; repeated: "
                         f"{sorted({x for x in labels if labels.count(x) > 1})[0]!r}")
+    base = path.parent
     for m in cfg.methods:
         if m.method not in REGISTRY:
             raise UserError(f"bench config {path}: unknown method {m.method!r}; available: {', '.join(sorted(REGISTRY))}")
         try:
-            parse_config(get_method(m.method), None, [f"{k}={json.dumps(v) if not isinstance(v, str) else v}"
-                                                      for k, v in m.set.items()])
+            choice = method_preset(cfg, m, base)
+            parse_config(get_method(m.method), None, set_args(m.set), choice.values if choice else None)
         except UserError as e:
             raise UserError(f"bench config {path}: method {m.label!r}: {e}") from None
-    base = path.parent
     ev = cfg.evaluation
     for t in cfg.tasks:
         try:
@@ -153,6 +158,27 @@ def load_config(path: Path) -> tuple[BenchConfig, dict]:
         except UserError as e:
             raise UserError(f"bench config {path}: task {t!r}: {e}") from None
     return cfg, raw
+
+
+def set_args(values: dict) -> list[str]:
+    """A method entry's `set` mapping as --set key=value strings."""
+    return [f"{k}={json.dumps(v) if not isinstance(v, str) else v}" for k, v in values.items()]
+
+
+def method_preset(cfg: BenchConfig, m: MethodEntry, base: Path, fingerprint: str | None = None):
+    """The presets.PresetChoice of one method entry (its own preset, else the config's), checked against the
+    config's model; None when neither names one."""
+    from ..methods import get_method
+    from ..methods.base import option_values
+    from ..presets import PUBLISHED, resolve_preset
+
+    spec = m.preset if m.preset is not None else cfg.preset
+    if spec is None:
+        return None
+    if spec.strip() != PUBLISHED and not Path(spec).is_absolute():
+        spec = str(base / spec)
+    method = get_method(m.method)
+    return resolve_preset(spec, cfg.model, method, option_values(method, None, set_args(m.set)), fingerprint)
 
 
 def _task_path(spec: str, base: Path) -> str:

@@ -20,7 +20,7 @@ import time
 from pathlib import Path
 
 from ..errors import UserError
-from .config import BenchConfig, _task_path, load_config, sha
+from .config import BenchConfig, _task_path, load_config, method_preset, set_args, sha
 
 SCHEMA = "igmu-bench"
 SCHEMA_VERSION = 1
@@ -32,21 +32,26 @@ def plan_cells(cfg: BenchConfig, base: Path) -> list[dict]:
     from ..tasks import load_task
 
     model_fp = model_fingerprint(cfg.model)
+    presets = {m.label: method_preset(cfg, m, base, model_fp) for m in cfg.methods}
     cells = []
     for t in cfg.tasks:
         task = load_task(_task_path(t, base))
         for m in cfg.methods:
+            p = presets[m.label]
+            # the options the erasure runs with: the preset's values under the entry's own `set`
+            effective = {**(p.values if p else {}), **m.set}
             for seed in cfg.seeds:
-                spec = {"model": cfg.model, "model_fingerprint": model_fp, "method": m.method, "set": m.set,
+                spec = {"model": cfg.model, "model_fingerprint": model_fp, "method": m.method, "set": effective,
                         "task": task.model_dump(mode="json"), "seed": seed, "aspects": cfg.aspects,
                         "evaluation": cfg.evaluation.model_dump(), "igmu": __version__, **cfg.runtime_key()}
                 cells.append({"id": sha(spec)[:16], "method_label": m.label, "method": m.method, "set": m.set,
-                              "task": task.name, "task_spec": _task_path(t, base), "seed": seed})
+                              "preset": p.manifest() if p else None, "task": task.name,
+                              "task_spec": _task_path(t, base), "seed": seed})
     return cells
 
 
 def _sets(cell: dict, method) -> list[str]:
-    sets = [f"{k}={json.dumps(v) if not isinstance(v, str) else v}" for k, v in cell["set"].items()]
+    sets = set_args(cell["set"])
     if "seed" in method.Config.model_fields and "seed" not in cell["set"]:
         sets.append(f"seed={cell['seed']}")
     return sets
@@ -61,6 +66,18 @@ def cell_runtime(cfg: BenchConfig):
     if device == "auto":
         device = "cuda" if cfg.resources.gpus > 0 else "cpu"
     return Runtime.resolve(device, cfg.dtype, cfg.gradient_checkpointing)
+
+
+def _preset(cell: dict):
+    """The cell's preset as a presets.PresetChoice (resolved and checked when the cells were planned)."""
+    from ..presets import PUBLISHED, PresetChoice
+
+    p = cell.get("preset")
+    if p is None:
+        return None
+    if p == PUBLISHED:
+        return PresetChoice(PUBLISHED)
+    return PresetChoice(p["file"], p["entry"], p["values"], p["sha256"], p["model_fingerprint"])
 
 
 def _erase(cell: dict, task, model: str, cdir: Path, runtime=None) -> tuple[str, dict]:
@@ -79,14 +96,15 @@ def _erase(cell: dict, task, model: str, cdir: Path, runtime=None) -> tuple[str,
         art = cdir / "artifact"
         if not is_artifact(art):
             run_erase(model, cell["method"], targets, task.anchor, list(task.preserve), None, sets, art,
-                      runtime=runtime)
+                      runtime=runtime, preset=_preset(cell))
         return str(art), {"method": cell["method"], **load_artifact(art)[0]["cost"]}
     base, steps = model, []
     for k, t in enumerate(targets):
         sdir = cdir / "steps" / str(k)
         art, merged = sdir / "artifact", sdir / "merged"
         if not is_artifact(art):
-            run_erase(base, cell["method"], [t], task.anchor, list(task.preserve), None, sets, art, runtime=runtime)
+            run_erase(base, cell["method"], [t], task.anchor, list(task.preserve), None, sets, art,
+                      runtime=runtime, preset=_preset(cell))
         if not (merged / "model_index.json").is_file():
             export_merged(art, merged)
         steps.append({"target": t, **load_artifact(art)[0]["cost"]})
@@ -129,7 +147,7 @@ def run_cell(cell: dict, bench_dir: str, cfg_dict: dict) -> dict:
                    Cache(bdir / "cache"))
     res["cost"] = cost
     res["unlearned"] = str(Path(unlearned).relative_to(bdir)) if Path(unlearned).is_relative_to(bdir) else unlearned
-    res["cell"] = {k: cell[k] for k in ("id", "method_label", "method", "set", "task", "seed")}
+    res["cell"] = {k: cell.get(k) for k in ("id", "method_label", "method", "set", "preset", "task", "seed")}
     with atomic_path(cdir / "results.json") as tmp:
         Path(tmp).write_text(dumps_json(res, indent=1))
     return {"id": cell["id"], "seconds": round(time.perf_counter() - t0, 1), "status": "done"}

@@ -69,32 +69,26 @@ Differences from the official code, stated exactly:
     rates are 0, so the computation is the same).
   * Retain prompts: see above (no COCO captions).
 
-Mini-model scaling (defaults below; the published value in each option's comment).
-Five defaults are scaled for the mini model; the rest are the official values:
-  * iterations 100 (1000) and warmup_iter 20 (200, the same first fifth);
-  * attack_step 5 (30): each attack step is a text-encoder and UNet forward and
-    backward pass (~0.1 s here); 30 per iteration would take ~4 minutes for 100
-    iterations on 2 cores (~40 minutes for the published 1000);
-  * sample_steps 10 (ddim_steps 50), as for SPM;
-  * lr 2e-3 (1e-5): on the mini text encoder (3 layers, width 128) the published
-    rate changes nothing (lr 1e-4, 200 iterations, attack_step 10, gamma 0.3:
-    the circle still in 24/24 forget images, retain 24/24).
-retain_loss_w is the argparse default 1.0 (the README command uses 0.3).
-For Stable Diffusion use the published recipe:
-    --set iterations=1000 --set warmup_iter=200 --set attack_step=30 --set sample_steps=50 --set lr=1e-5
+Defaults are the published values (retain_loss_w is the argparse default 1.0; the README command uses
+0.3). At them each attack step is a text-encoder and UNet forward and backward pass (~0.1 s on the mini
+model), so the published 1000 iterations of 30 attack steps take about 40 minutes on 2 CPU cores, and the
+published lr moves the mini text encoder (3 layers, width 128) by nothing (lr 1e-4, 200 iterations,
+attack_step 10, gamma 0.3: the circle still in 24/24 forget images, retain 24/24). For small models use a
+preset (igmu calibrate; presets/mini.yaml): it caps iterations (with the warm-up, the same first fifth),
+attack steps and sampler steps by the rule's compute budget and chooses the lr on calibration concepts.
 
+Exploratory runs made before presets existed, at igmu's former hand scaling for the mini model
+(iterations 100, warmup_iter 20, attack_step 5, sample_steps 10, lr 2e-3):
 Mini model, target "circle", 100 iterations, attack_step 5 (24 forget / 24
 retain images, igmu.world.erasure_checks; share of forget images still showing a
 circle / share of retain images drawn as asked; original 1.00 / 1.00; these
 exploratory runs used an earlier 16-caption retain list unless noted):
 gamma 0.3: lr 1e-3 0.79 / 0.54, lr 3e-3 0.21 / 0.08; gamma 1: lr 1e-3 0.96 /
-0.79, lr 2e-3 0.58 / 0.46 (0.50 / 0.46 with a 37-caption list; the default is now the 8 common.GENERIC_RETAIN prompts, measured in docs/methods.md);
+0.79, lr 2e-3 0.58 / 0.46 (0.50 / 0.46 with a 37-caption list; the retain list is now the 8 common.GENERIC_RETAIN prompts);
 lr 3e-3 with gamma 3: 0.29 / 0.33; lr 2e-3 and gamma 1 without any attack
 (warm-up throughout, plain ESD on the text encoder): 0.46 / 0.58. Erasing costs
 retain accuracy almost one for one: the retain failures are other shapes drawn
-as the wrong shape, which suggests the mini text encoder's shape words move together. The
-default (lr 2e-3, gamma 1) is chosen so that the method visibly erases; its
-cost is in docs/methods.md.
+as the wrong shape, which suggests the mini text encoder's shape words move together.
 """
 from __future__ import annotations
 
@@ -121,10 +115,10 @@ def retain_prompts(targets: list[str], preserve: list[str]) -> list[str]:
 
 
 class AdvUnlearnConfig(MethodConfig):
-    iterations: int = Field(100, ge=1)  # official 1000 (--iterations); mini scaling, see docstring
-    lr: float = Field(2e-3, gt=0)  # official 1e-5 (--lr, Adam); mini scaling, see docstring
-    warmup_iter: int = Field(20, ge=0)  # official 200 of 1000 (--warmup_iter); mini scaling (the same first fifth)
-    attack_step: int = Field(5, ge=1)  # official 30 (--attack_step, README command); mini scaling, see docstring
+    iterations: int = Field(1000, ge=1)  # official --iterations 1000
+    lr: float = Field(1e-5, gt=0)  # official --lr 1e-5 (Adam)
+    warmup_iter: int = Field(200, ge=0)  # official --warmup_iter 200
+    attack_step: int = Field(30, ge=1)  # official --attack_step 30 (README command)
     attack_lr: float = Field(1e-3, gt=0)  # official --attack_lr 1e-3
     adv_prompt_num: int = Field(1, ge=1)  # official --adv_prompt_num 1 (k tokens, attack_type prefix_k)
     adv_prompt_update_step: int = Field(1, ge=1)  # official --adv_prompt_update_step 1: a new attack every iteration
@@ -133,7 +127,7 @@ class AdvUnlearnConfig(MethodConfig):
     component: Literal["all", "ffn", "attn"] = "all"  # official --component all with --train_method text_encoder_full
     negative_guidance: float = Field(1.0, ge=0)  # official --negative_guidance 1 (eta)
     guidance_scale: float = Field(3.0, ge=0)  # official --start_guidance 3: sampling x_t
-    sample_steps: int = Field(10, ge=2)  # official 50 (--ddim_steps); mini scaling, see docstring
+    sample_steps: int = Field(50, ge=2)  # official --ddim_steps 50
     pool_size: int = Field(8, ge=1)  # igmu: sampled trajectories per target (see docstring)
     retain_pool_size: int = Field(1, ge=1)  # igmu: sampled trajectories per retain prompt (see docstring)
     seed: int = 0
@@ -156,6 +150,8 @@ class AdvUnlearn(Eraser):
         "sd3": "AdvUnlearn trains one CLIP text encoder against a CLIP-token attack; SD3 also reads the prompt through T5",
         "flux": "AdvUnlearn trains one CLIP text encoder against a CLIP-token attack; FLUX.1 reads the prompt through T5",
     }
+    strength = {"lr": "lr"}
+    budget = {"iterations": "steps", "warmup_iter": "steps", "attack_step": "inner_steps", "sample_steps": "sample_steps"}
 
     def check(self, pipe, req: EraseRequest, cfg: AdvUnlearnConfig):
         a = adapter_for(pipe)

@@ -209,8 +209,8 @@ def get_method(name: str) -> Eraser:
     return REGISTRY[name]()
 
 
-def parse_config(method: Eraser, config_file: str | None = None, sets: list[str] | None = None) -> MethodConfig:
-    """Defaults <- YAML file <- key=value overrides; unknown keys and bad values are one-line errors."""
+def option_values(method: Eraser, config_file: str | None = None, sets: list[str] | None = None) -> dict:
+    """The options a user gives: a YAML file, then key=value overrides (not yet validated against the method)."""
     from ..utils.validate import load_mapping, parse_yaml, read_text
 
     values: dict = {}
@@ -230,6 +230,14 @@ def parse_config(method: Eraser, config_file: str | None = None, sets: list[str]
             if "is not valid YAML" not in str(e):  # too deep, too large or non-finite: refused
                 raise
             values[k.strip()] = v  # not a YAML scalar (e.g. "{} and {}"): take it as a plain string
+    return values
+
+
+def parse_config(method: Eraser, config_file: str | None = None, sets: list[str] | None = None,
+                 base: dict | None = None) -> MethodConfig:
+    """Defaults <- `base` (a preset's values) <- YAML file <- key=value overrides; unknown keys and bad values are
+    one-line errors."""
+    values = {**(base or {}), **option_values(method, config_file, sets)}
     fields = method.Config.model_fields
     unknown = [k for k in values if k not in fields]
     if unknown:

@@ -61,17 +61,16 @@ What igmu does differently, stated exactly:
     anchor; each batch item is conditioned on a target drawn at random.
   * fp32 on CPU; one process (the official recipe assumes 2 GPUs).
 
-Mini-model scaling (defaults below; official values in each option's comment). Steps, batch, losses,
-parameter group and image sampling are the official ones. The learning rate is not: at 1e-3, already 60
-times the official effective 1.6e-5, the mini model still draws "circle" in 20 of 24 forget images (mini
-detector, 24 forget / 24 retain prompts, anchor ""). Measured with the other defaults, lr -> forget
-shown / retain as asked, object "circle": 1e-3 -> 83% / 100%, 2e-3 -> 79% / 96%, 3e-3 -> 50% / 79%,
-1e-2 -> 12% / 46%. igmu defaults to lr 3e-3 (style "striped": 25% / 83%, the mark: 0% / 83%, see
-docs/methods.md). At 3e-3, anchor_model="frozen" gives 83% / 96%, the noise-based loss 71% / 100%, and
-no prior preservation collapses the model (0% / 0%: with the current model as its own target nothing
-holds the anchor's prediction in place). With 64 anchor images (official 200) a run takes about 40 s on
-2 CPU cores (100-200 s measured with other jobs running). For Stable Diffusion use the published recipe:
-    --set lr=1.6e-5 --set n_images=200        (--set prior_loss_weight=0 for the README's objects/styles)
+Defaults are the published recipe (lr 1.6e-5 effective, 200 anchor images; --set prior_loss_weight=0
+for the README's objects/styles). On the mini model the published rate does not erase: at 1e-3, already 60
+times the official effective 1.6e-5, the mini model still drew "circle" in 20 of 24 forget images (mini
+detector, 24 forget / 24 retain prompts, anchor ""). For small models use a preset (igmu calibrate;
+presets/mini.yaml): it caps the anchor images and sampler steps by the rule's compute budget and chooses
+the lr on calibration concepts. Exploratory runs before presets (64 anchor images, 25 sampler steps, the
+other options as now), lr -> forget shown / retain as asked, object "circle": 1e-3 -> 83% / 100%,
+2e-3 -> 79% / 96%, 3e-3 -> 50% / 79%, 1e-2 -> 12% / 46%. At 3e-3, anchor_model="frozen" gave 83% / 96%,
+the noise-based loss 71% / 100%, and no prior preservation collapsed the model (0% / 0%: with the current
+model as its own target nothing holds the anchor's prediction in place).
 """
 from __future__ import annotations
 
@@ -98,11 +97,11 @@ class CAConfig(MethodConfig):
     anchor_model: Literal["current", "frozen"] = "current"
     iterations: int = Field(100, ge=1)  # official --max_train_steps 100 (README, objects and styles)
     batch_size: int = Field(4, ge=1)  # official --train_batch_size 4
-    lr: float = Field(3e-3, gt=0)  # official 2e-6 x batch 4 x 2 GPUs = 1.6e-5 (--scale_lr); mini scaling, see docstring
+    lr: float = Field(1.6e-5, gt=0)  # official 2e-6 x batch 4 x 2 GPUs = 1.6e-5 (--scale_lr)
     weight_decay: float = Field(1e-2, ge=0)  # official --adam_weight_decay 1e-2 (AdamW)
     max_grad_norm: float = Field(1.0, gt=0)  # official --max_grad_norm 1.0
     prior_loss_weight: float = Field(1.0, ge=0)  # official --prior_loss_weight 1.0 (with --with_prior_preservation)
-    n_images: int = Field(64, ge=1)  # official --num_class_images 200 (paper 1000); mini scaling, see docstring
+    n_images: int = Field(200, ge=1)  # official --num_class_images 200 (paper 1000)
     n_preserve_images: int = Field(16, ge=1)  # igmu option: images per --preserve concept
     sample_steps: int = Field(25, ge=2)  # official image generation: num_inference_steps=25 (DPM-Solver)
     guidance_scale: float = Field(6.0, ge=0)  # official image generation: guidance_scale=6.0
@@ -145,6 +144,8 @@ class CA(Eraser):
     multi_concept = True
     Config = CAConfig
     architectures = {"sd": None, "sdxl": None}  # SD3 / FLUX.1: not yet ported (docs/architectures.md)
+    strength = {"lr": "lr"}
+    budget = {"iterations": "steps", "n_images": "images", "n_preserve_images": "images_small", "sample_steps": "sample_steps"}
 
     def check(self, pipe, req: EraseRequest, cfg: CAConfig):
         check_finetune(pipe, req, cfg.parameter_group)

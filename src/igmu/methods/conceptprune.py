@@ -171,6 +171,8 @@ class ConceptPrune(Eraser):
     multi_concept = True
     Config = ConceptPruneConfig
     architectures = {"sd": None, "sdxl": None}  # SD3 / FLUX.1: not yet ported (docs/architectures.md)
+    strength = {"skill_ratio": "up"}
+    budget = {"samples": "images"}
 
     def check(self, pipe, req: EraseRequest, cfg: ConceptPruneConfig):
         a = adapter_for(pipe)

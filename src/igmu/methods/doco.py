@@ -62,21 +62,18 @@ What igmu does differently, stated exactly:
   * The prior-preservation loss uses the model's own target type (v for v-prediction; official: the
     noise). Several targets: each batch item is conditioned on a target drawn at random.
 
-Mini-model scaling (defaults below; official values in each option's comment). 200 steps with a 100-step
-discriminator warm-up (official 2000 / 1000) and 64 anchor images (official 1000) take about 65 s on 2
-CPU cores (130-300 s measured with other jobs running); the learning rate keeps the official budget lr x
-UNet steps (4.8e-5 x 1000) over the 100 UNet steps: 5e-4. Measured on the mini model (mini detector, 24
-forget / 24 retain prompts, anchor ""; forget shown / retain as asked): lr 1e-4 -> "circle" 100% / 100%;
-3e-4 -> 96% / 100%; 5e-4 -> 67% / 79% ("striped" 67% / 54%, the mark 0% / 33% with no figure left); 1e-3
--> 8% / 8%. DoCo does not erase selectively on the mini model, and the reason is visible in its losses:
-during the warm-up the discriminator's loss stays at chance (1.384; 2 ln 2 = 1.386, also with d_lr
-1e-3), because the mini model's x0 predictions for the target and for the anchor on images of the anchor
-differ by only 1-8% of their spread (0.01 at t = 100 to 0.08 at t = 900, spread ~1). The UNet then
-follows the gradient of an uninformed discriminator, and the concept-preserving surgery only removes
-conflicts with the anchor's loss, so other prompts drift. The default is the budget-preserving value,
-not a tuned one.
-For Stable Diffusion use the published recipe:
-    --set iterations=2000 --set warm_up=1000 --set lr=4.8e-5 --set n_images=1000
+Defaults are the published recipe (2000 steps with a 1000-step discriminator warm-up, lr 4.8e-5, 1000
+anchor images). For small models use a preset (igmu calibrate; presets/mini.yaml): it caps the steps
+(the warm-up keeps its half), anchor images and sampler steps by the rule's compute budget and chooses
+the lr on calibration concepts. Exploratory runs before presets (200 steps, 100 warm-up, 64 anchor
+images; mini detector, 24 forget / 24 retain prompts, anchor ""; forget shown / retain as asked): lr 1e-4
+-> "circle" 100% / 100%; 3e-4 -> 96% / 100%; 5e-4 -> 67% / 79% ("striped" 67% / 54%, the mark 0% / 33%
+with no figure left); 1e-3 -> 8% / 8%. DoCo does not erase selectively on the mini model, and the reason
+is visible in its losses: during the warm-up the discriminator's loss stays at chance (1.384; 2 ln 2 =
+1.386, also with d_lr 1e-3), because the mini model's x0 predictions for the target and for the anchor on
+images of the anchor differ by only 1-8% of their spread (0.01 at t = 100 to 0.08 at t = 900, spread
+~1). The UNet then follows the gradient of an uninformed discriminator, and the concept-preserving
+surgery only removes conflicts with the anchor's loss, so other prompts drift.
 """
 from __future__ import annotations
 
@@ -98,17 +95,17 @@ from .train import AdamW, EpochSampler, FineTune, freeze_except, parameter_group
 
 class DoCoConfig(MethodConfig):
     parameter_group: Literal["crossattn_kv", "xattn", "full"] = "crossattn_kv"  # official --parameter_group cross-attn
-    iterations: int = Field(200, ge=1)  # official --max_train_steps 2000; mini scaling, see docstring
-    warm_up: int = Field(100, ge=0)  # official --warm_up 1000 (discriminator-only steps); mini scaling
+    iterations: int = Field(2000, ge=1)  # official --max_train_steps 2000
+    warm_up: int = Field(1000, ge=0)  # official --warm_up 1000 (discriminator-only steps)
     batch_size: int = Field(8, ge=1)  # official --train_batch_size 8
-    lr: float = Field(5e-4, gt=0)  # official 6e-6 x batch 8 (--scale_lr) = 4.8e-5; mini scaling, see docstring
+    lr: float = Field(4.8e-5, gt=0)  # official 6e-6 x batch 8 (--scale_lr) = 4.8e-5
     weight_decay: float = Field(1e-2, ge=0)  # official --adam_weight_decay 1e-2 (AdamW)
     max_grad_norm: float = Field(1.0, gt=0)  # official --max_grad_norm 1.0 (norm_grad before the surgery)
     d_lr: float = Field(1e-4, gt=0)  # official README --dlr 0.0001 (instances, nudity; 5e-4 for styles)
     surgery: bool = True  # official README --gradient_clip (the concept-preserving gradient), every run
     surgery_strength: float = Field(1.0, ge=0)  # official README --lambda_ 1
     prior_loss_weight: float = Field(0.0, ge=0)  # official: 0 with --gradient_clip (prior only steers the surgery)
-    n_images: int = Field(64, ge=1)  # official --num_class_images 1000; mini scaling, see docstring
+    n_images: int = Field(1000, ge=1)  # official --num_class_images 1000
     n_preserve_images: int = Field(16, ge=1)  # igmu option: images per --preserve concept
     sample_steps: int = Field(25, ge=2)  # official image generation: num_inference_steps=25 (DPM-Solver)
     guidance_scale: float = Field(6.0, ge=0)  # official image generation: guidance_scale=6.0
@@ -183,6 +180,8 @@ class DoCo(Eraser):
     multi_concept = True
     Config = DoCoConfig
     architectures = {"sd": None, "sdxl": None}  # SD3 / FLUX.1: not yet ported (docs/architectures.md)
+    strength = {"lr": "lr"}
+    budget = {"iterations": "steps", "warm_up": "steps", "n_images": "images", "n_preserve_images": "images_small", "sample_steps": "sample_steps"}
 
     def check(self, pipe, req: EraseRequest, cfg: DoCoConfig):
         check_finetune(pipe, req, cfg.parameter_group)

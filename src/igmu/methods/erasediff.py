@@ -46,19 +46,15 @@ igmu's version, stated exactly:
   * train_method: full = every UNet parameter (official "full"); noxattn / xattn = common.trainable's
     Linear/Conv2d sets (the official noxattn also leaves out time_embed and the output conv).
 
-Mini-model scaling (defaults below; the published value is in each option's comment): lr 1e-5 does not move
-the 1.5 M-parameter mini UNet. igmu trains at lr 2e-4 for 20 epochs (iterations of Algorithm 1) of 16 forget
-images per target at batch 8, i.e. 40 outer and 40 inner steps, with 16 images per retain prompt drawn in
-10 sampler steps at guidance 5. Exploratory runs (object "circle", n = 24, forget shown / retain as asked):
-lr 1e-4, 20 epochs: 92% / 100%; lr 2e-4, 20 epochs: 67% / 92%; lr 3e-4, 20 epochs: 33% / 75%; lr 3e-4,
-40 epochs: 38% / 75%. Full-parameter Adam above 2e-4 costs retain accuracy on this model. For Stable
-Diffusion restore the published recipe with
-    --set lr=1e-5 --set epochs=2 --set batch_size=16 --set forget_images=800 --set retain_images=100
-    --set sample_steps=50 --set guidance_scale=7.5
-
-Measured at these defaults (mini world, n = 24 forget / 24 retain, before -> after): circle 100% -> 67% shown,
-retain 100% -> 92%; striped 100% -> 0%, retain 92% -> 46%; hex mark 100% -> 0%, retain 100% -> 75%, figure
-kept 0% (no anchor; see salun.py for the effect of --anchor "a person").
+Defaults are the published recipe (train_cls.sh: lr 1e-5, 2 epochs, batch 16; 800 forget images and 100
+per retain prompt drawn in 50 sampler steps at guidance 7.5, as the nudity data). lr 1e-5 does not move the
+1.5 M-parameter mini UNet. For small models use a preset (igmu calibrate; presets/mini.yaml): it caps the
+images and sampler steps by the rule's compute budget, raises the epochs by the factor the forget images
+were cut (within the budget's step cap) and chooses the lr on calibration concepts. Exploratory runs
+before presets (20 epochs of 16 forget images at batch 8, 16 images per retain prompt, 10 sampler steps,
+guidance 5; object "circle", n = 24, forget shown / retain as asked): lr 1e-4: 92% / 100%; lr 2e-4:
+67% / 92%; lr 3e-4: 33% / 75%; lr 3e-4, 40 epochs: 38% / 75%. Full-parameter Adam above 2e-4 costs retain
+accuracy on this model.
 """
 from __future__ import annotations
 
@@ -83,13 +79,13 @@ class EraseDiffConfig(MethodConfig):
     eta: float | None = Field(None, gt=0)  # None: fixed lambda; a value: official adaptive branch (eta_bome)
     forget_target: Literal["pseudo", "uniform"] = "pseudo"  # official code: pseudo prompt; paper: U(0, I) noise
     train_method: Literal["full", "noxattn", "xattn"] = "full"  # official train_cls.sh (train_nsfw.sh: noxattn)
-    lr: float = Field(2e-4, gt=0)  # official 1e-5 (--lr 1e-5, Adam); mini scaling, see docstring
-    epochs: int = Field(20, ge=1)  # official 2 (train_cls.sh; nudity 5); mini scaling, see docstring
-    batch_size: int = Field(8, ge=1)  # official 16 (train_cls.sh); mini scaling, see docstring
-    forget_images: int = Field(16, ge=1)  # per target; official ~950 Imagenette images; mini scaling
-    retain_images: int = Field(16, ge=1)  # per retain prompt; official the other classes; mini scaling
-    sample_steps: int = Field(10, ge=2)  # drawing the images; official SD v1.4, 50 steps; mini scaling
-    guidance_scale: float = Field(5.0, ge=0)  # drawing the images; official 7.5; igmu's generation default
+    lr: float = Field(1e-5, gt=0)  # official train_cls.sh --lr 1e-5 (Adam)
+    epochs: int = Field(2, ge=1)  # official train_cls.sh --epochs 2 (nudity 5)
+    batch_size: int = Field(16, ge=1)  # official train_cls.sh --batch_size 16
+    forget_images: int = Field(800, ge=1)  # per target; official ~950 Imagenette images (nudity: 800 generated)
+    retain_images: int = Field(100, ge=1)  # per retain prompt; official: the other classes' images
+    sample_steps: int = Field(50, ge=2)  # drawing the images; official: SD v1.4 generations, 50 steps
+    guidance_scale: float = Field(7.5, ge=0)  # drawing the images; official 7.5
     seed: int = 0
 
 
@@ -118,6 +114,8 @@ class EraseDiff(Eraser):
     multi_concept = True
     Config = EraseDiffConfig
     architectures = {"sd": None, "sdxl": None}  # SD3 / FLUX.1: not yet ported (docs/architectures.md)
+    strength = {"lr": "lr"}
+    budget = {"epochs": "epochs", "batch_size": "batch", "forget_images": "images", "retain_images": "images_small", "sample_steps": "sample_steps"}
 
     def check(self, pipe, req: EraseRequest, cfg: EraseDiffConfig):
         check_unlearning_request(pipe, req)

@@ -95,6 +95,8 @@ class ESD(Eraser):
         # --inference_guidance_scale 3.5 for sampling x_t
         "flux": {"lr": 1e-4, "iterations": 1400, "sample_steps": 28, "guidance_scale": 3.5},
     }
+    strength = {"lr": "lr"}
+    budget = {"iterations": "steps", "sample_steps": "sample_steps"}
 
     def check(self, pipe, req: EraseRequest, cfg):
         check_targets(pipe, req)

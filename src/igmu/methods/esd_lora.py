@@ -87,6 +87,8 @@ class ESDLoRA(Eraser):
     source = ("EraseAnything (Gao et al., ICML 2025; tomguluson92/EraseAnything) LoRA recipe on ESD's loss "
               "(Gandikota et al., ICCV 2023)")
     Config = ESDLoRAConfig
+    strength = {"lr": "lr"}
+    budget = {"iterations": "steps", "sample_steps": "sample_steps"}
     architectures = {"sd": None, "sdxl": None, "sd3": None, "flux": None}
     family_defaults = {  # x_t sampling as igmu's esd on the family (esd.py family_defaults)
         "sdxl": {"guidance_scale": 2.0},

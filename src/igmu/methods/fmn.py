@@ -137,6 +137,8 @@ class FMN(Eraser):
     architectures = {"sd": None, "sdxl": None,
                      "sd3": "FMN's loss is the target tokens' cross-attention maps; SD3's MMDiT has no cross-attention",
                      "flux": "FMN's loss is the target tokens' cross-attention maps; FLUX.1's MMDiT has no cross-attention"}
+    strength = {"lr": "lr"}
+    budget = {"iterations": "steps", "n_images": "images", "sample_steps": "sample_steps"}
 
     def check(self, pipe, req: EraseRequest, cfg: FMNConfig):
         a = adapter_for(pipe)

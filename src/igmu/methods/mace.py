@@ -206,6 +206,8 @@ class MACE(Eraser):
                  "maps; MMDiT has no cross-attention, and its closed-form stages alone leave the target's tokens as "
                  "they are (stage 1 refines the co-existing words around them, stage 3 fuses the LoRAs)"),
     }
+    strength = {"lr": "lr"}
+    budget = {"lora_steps": "steps", "n_images": "images", "sample_steps": "sample_steps"}
 
     def check(self, pipe, req: EraseRequest, cfg: MACEConfig):
         a = adapter_for(pipe)

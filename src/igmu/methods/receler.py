@@ -79,17 +79,16 @@ Differences from the official code, stated exactly:
     everywhere on x_t under each preserved prompt (weight concept_reg_weight).
     Without --preserve nothing is added.
 
-Mini-model scaling (defaults below; the published value in each option's
-comment): iterations 100 (500), advrs_iters 5 (50) and sample_steps 10 (50),
-for time: at the published values one iteration costs 51 UNet forward and
-backward passes plus up to 100 sampling passes, about an hour for 500
-iterations on 2 cores; and lr 5e-3 (3e-4), because at the published rate the
-erasers do not move the mini model: 200 iterations at lr 3e-4 left the circle in
-24/24 forget images (retain 0.96). The rank, regularisation weight, threshold
-and number of adversarial embeddings are the published values. For Stable
-Diffusion:
-    --set iterations=500 --set lr=3e-4 --set advrs_iters=50 --set sample_steps=50
+Defaults are the published values. At them one iteration costs 51 UNet forward and backward passes plus
+up to 100 sampling passes, about an hour for 500 iterations on 2 CPU cores of the mini model, and the
+erasers barely move a small model (200 iterations at lr 3e-4 left the circle in 24/24 forget images,
+retain 0.96). For small models use a preset (igmu calibrate; presets/mini.yaml): it caps the
+iterations, adversarial steps and sampler steps by the rule's compute budget and chooses the lr on
+calibration concepts. The rank, regularisation weight, threshold and number of adversarial embeddings
+stay published.
 
+Exploratory runs made before presets existed, at igmu's former hand scaling for the mini model
+(iterations 100, advrs_iters 5, sample_steps 10, lr 5e-3):
 Mini model, 100 iterations (24 forget / 24 retain images,
 igmu.world.erasure_checks; share of forget images still showing a circle /
 share of retain images drawn as asked; original 1.00 / 1.00): circle at lr
@@ -126,18 +125,18 @@ from .train import Adam, FineTune
 
 
 class ReceLerConfig(MethodConfig):
-    iterations: int = Field(100, ge=1)  # official 500 (--iterations); mini scaling, see docstring
-    lr: float = Field(5e-3, gt=0)  # official 3e-4 (--lr, Adam on the erasers); mini scaling, see docstring
+    iterations: int = Field(500, ge=1)  # official --iterations 500
+    lr: float = Field(3e-4, gt=0)  # official --lr 3e-4 (Adam on the erasers)
     eraser_rank: int = Field(128, ge=1)  # official --eraser_rank 128 (capped at each layer's width)
     concept_reg_weight: float = Field(0.1, ge=0)  # official --concept_reg_weight 0.1 (alpha)
     mask_thres: float = Field(0.1, gt=0, lt=1)  # official --mask_thres 0.1
-    advrs_iters: int = Field(5, ge=0)  # official 50 (--advrs_iters); mini scaling, see docstring; 0: no attack
+    advrs_iters: int = Field(50, ge=0)  # official --advrs_iters 50; 0: no attack
     num_advrs_prompts: int = Field(16, ge=1)  # official --num_advrs_prompts 16
     advrs_lr: float = Field(0.1, gt=0)  # official train_receler.py: Adam(lr=0.1, weight_decay=0.1) on the prompts
     start_advrs_train: int = Field(0, ge=0)  # official --start_advrs_train 0
     negative_guidance: float = Field(1.0, ge=0)  # official --negative_guidance 1 (eta)
     guidance_scale: float = Field(3.0, ge=0)  # official --start_guidance 3: sampling x_t
-    sample_steps: int = Field(10, ge=2)  # official 50 (--ddim_steps); mini scaling, see docstring
+    sample_steps: int = Field(50, ge=2)  # official --ddim_steps 50
     seed: int = 0
 
 
@@ -247,6 +246,8 @@ class ReceLer(Eraser):
     architectures = {"sd": None, "sdxl": None,
                      "sd3": "Receler's erasers follow every cross-attention layer; SD3's MMDiT has none",
                      "flux": "Receler's erasers follow every cross-attention layer; FLUX.1's MMDiT has none"}
+    strength = {"lr": "lr"}
+    budget = {"iterations": "steps", "advrs_iters": "inner_steps", "sample_steps": "sample_steps"}
 
     def check(self, pipe, req: EraseRequest, cfg: ReceLerConfig):
         a = adapter_for(pipe)

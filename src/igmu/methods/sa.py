@@ -52,25 +52,22 @@ What igmu does differently, stated exactly:
     forget_prompt is a comma-separated list used the same way, e.g. "sexual, nudity, naked, erotic").
   * "noxattn" follows the official naming (not attn2, not time embedding, not the output layers).
 
-Mini-model scaling (defaults below; official values in each option's comment). The official schedule
-(about 12,500 steps over 1000 + 5000 images, Fisher over 5000 images x 1000 timesteps) would take days on
-2 CPU cores; igmu runs 200 steps on 64 images (used for both terms by default), with the Fisher from 16
-images x 25 timesteps (about 75 s in all on 2 CPU cores; 70-270 s measured with other jobs running). The
-EWC weight does not transfer: it multiplies a Fisher whose scale depends on the model (the mini UNet has
-1.5M parameters, SD's 860M). Measured on the mini model (object "circle", mini detector, 24 forget / 24
-retain prompts; forget shown / retain as asked), lambda, lr ->: 50, 1.6e-4 (official values, 200 steps)
--> 100% / 100%; 50, 1e-3 -> 100% / 100%; 5, 1e-3 -> 96% / 100%; 2, 1e-3 -> 79% / 83%; 1, 1e-3 -> 88% /
-79%; 0, 1e-3 -> 25% / 21%; 10, 3e-3 -> 96% / 100%; 2, 3e-3 -> 42% / 46%; 1, 3e-3 -> 50% / 67%. Whenever
-the EWC term is weak enough to let the target go, the other prompts go with it: the default replay set
-(the empty prompt's images) says nothing about the conditional behaviour of other prompts, so only the
-Fisher holds them, and the Fisher of unconditional images does not single out what "circle" needs. igmu
-defaults to lambda 2, lr 1e-3, which only partly erases the object and the style (style "striped": 92%
-/ 88%; the mark: 25% / 92%, figure kept 29%); this is SA's dependence on a broad replay set, not a tuning
-gap to hide: give the concepts to keep with --preserve (they become the replay and Fisher data).
-For Stable Diffusion use the published recipe:
-    --set lmbda=50 --set lr=1.6e-4 --set iterations=12500 --set n_images=1000 --set n_replay_images=5000
-    --set n_fisher=5000 --set fisher_timesteps=1000 --set sample_steps=50
-    (with --preserve set to a broad prompt list, the official replay set)
+Defaults are the published recipe (forget_brad_pitt.yaml and the README: about 12,500 steps over 1000 +
+5000 images, the Fisher over 5000 images x 1000 timesteps, lambda 50), which would take days on 2 CPU
+cores; give a broad prompt list with --preserve to get the official replay set. For small models use a
+preset (igmu calibrate; presets/mini.yaml): it caps steps, images, Fisher images and timesteps, and
+sampler steps by the rule's compute budget and chooses the lr on calibration concepts; lambda stays
+published. The EWC weight does not transfer between models: it multiplies a Fisher whose scale depends
+on the model (the mini UNet has 1.5M parameters, SD's 860M). Exploratory runs before presets (200 steps
+on 64 images, Fisher from 16 images x 25 timesteps; object "circle", mini detector, 24 forget / 24
+retain prompts; forget shown / retain as asked), lambda, lr ->: 50, 1.6e-4 -> 100% / 100%; 50, 1e-3 ->
+100% / 100%; 5, 1e-3 -> 96% / 100%; 2, 1e-3 -> 79% / 83%; 1, 1e-3 -> 88% / 79%; 0, 1e-3 -> 25% / 21%;
+10, 3e-3 -> 96% / 100%; 2, 3e-3 -> 42% / 46%; 1, 3e-3 -> 50% / 67%. Whenever the EWC term is weak enough
+to let the target go, the other prompts go with it: the default replay set (the empty prompt's images)
+says nothing about the conditional behaviour of other prompts, so only the Fisher holds them, and the
+Fisher of unconditional images does not single out what "circle" needs. This is SA's dependence on a
+broad replay set, not a tuning gap to hide: give the concepts to keep with --preserve (they become the
+replay and Fisher data).
 """
 from __future__ import annotations
 
@@ -89,17 +86,17 @@ from .train import AdamW, EpochSampler, FineTune, freeze_except, parameter_group
 
 class SAConfig(MethodConfig):
     train_method: Literal["full", "xattn", "noxattn"] = "full"  # forget_brad_pitt.yaml train_method 'full'
-    lmbda: float = Field(2.0, ge=0)  # official 50 (forget_brad_pitt.yaml lmbda); mini scaling, see docstring
+    lmbda: float = Field(50.0, ge=0)  # official forget_brad_pitt.yaml lmbda 50
     gamma: float = Field(1.0, ge=0)  # forget_brad_pitt.yaml gamma: 1 (replay weight; "keep this at 1")
-    iterations: int = Field(200, ge=1)  # official ~12,500 (200 epochs x 1000 pairs / 16); mini scaling, see docstring
+    iterations: int = Field(12500, ge=1)  # official ~12,500 (200 epochs x 1000 pairs / 16)
     batch_size: int = Field(4, ge=1)  # forget_brad_pitt.yaml train_batch_size: 4 (forget and replay each)
-    lr: float = Field(1e-3, gt=0)  # official 1e-5 x 4 GPUs x batch 4 (--scale_lr); mini scaling, see docstring
+    lr: float = Field(1.6e-4, gt=0)  # official 1e-5 x 4 GPUs x batch 4 (--scale_lr) = 1.6e-4
     weight_decay: float = Field(0.01, ge=0)  # official torch.optim.AdamW(params, lr=lr): default weight decay 0.01
-    n_images: int = Field(64, ge=1)  # official 1000 surrogate images (README step 3); mini scaling, see docstring
-    n_replay_images: int = Field(64, ge=1)  # official 5000 (fim_prompts.txt); mini scaling, see docstring
-    n_fisher: int = Field(16, ge=1)  # official 5000 (the whole replay set); mini scaling, see docstring
-    fisher_timesteps: int = Field(25, ge=1)  # official all 1000 timesteps; mini scaling, see docstring
-    sample_steps: int = Field(20, ge=2)  # official 50 DDIM steps (scripts/txt2img_*.py); mini scaling
+    n_images: int = Field(1000, ge=1)  # official 1000 surrogate images (README step 3)
+    n_replay_images: int = Field(5000, ge=1)  # official 5000 (fim_prompts.txt)
+    n_fisher: int = Field(5000, ge=1)  # official: the whole replay set, 5000
+    fisher_timesteps: int = Field(1000, ge=1)  # official: all 1000 timesteps
+    sample_steps: int = Field(50, ge=2)  # official 50 DDIM steps (scripts/txt2img_*.py)
     guidance_scale: float = Field(7.5, ge=0)  # official --scale 7.5 (scripts/txt2img_*.py)
     seed: int = 0
 
@@ -135,6 +132,8 @@ class SA(Eraser):
     multi_concept = True
     Config = SAConfig
     architectures = {"sd": None, "sdxl": None}  # SD3 / FLUX.1: not yet ported (docs/architectures.md)
+    strength = {"lr": "lr"}
+    budget = {"iterations": "steps", "n_images": "images", "n_replay_images": "images", "n_fisher": "images_small", "fisher_timesteps": "timesteps", "sample_steps": "sample_steps"}
 
     def check(self, pipe, req: EraseRequest, cfg: SAConfig):
         a = adapter_for(pipe)

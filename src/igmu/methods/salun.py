@@ -59,25 +59,20 @@ Differences from the official code, stated exactly:
     in and actually moved. Unmasked entries are exactly unchanged (their gradient is always zero,
     so Adam never moves them).
 
-Mini-model scaling (defaults below are for the shipped mini model; the published values are in each
-option's comment). At lr 1e-5 the 1.5 M-parameter mini UNet does not move within a few hundred steps.
-igmu uses lr 3e-4 for 40 epochs of 16 forget images per target at batch 8 (80 steps), 16 images per
-retain prompt, drawn in 10 sampler steps (the mini model draws its concepts as well at 10 as at 20
-steps) at guidance 5 (igmu's generation default), and alpha 2. Exploratory runs on the mini world
-(object "circle" only, n = 24, forget shown / retain as asked; the same for every target afterwards):
-lr 1e-4: 71% / 100%; lr 3e-4: 46% / 83%; lr 1e-3: 8% / 29%; lr 3e-4 with alpha 2: 58% / 96% -- a
-steady trade-off, where the published alpha 0.5 spends too much of the retain accuracy; with 8 retain
-prompts of 16 images instead of nine classes of ~950 real images the retain term needs the larger
-weight. 8 images per retain prompt (retain 75% at lr 1e-4) or 15 generic prompts of 8 images
-(83% / 83% at alpha 2) were worse. For Stable Diffusion restore the published recipe with
-    --set lr=1e-5 --set epochs=5 --set alpha=0.5 --set forget_images=800 --set retain_images=100
-    --set sample_steps=50 --set guidance_scale=7.5
-
-Measured at these defaults (mini world, n = 24 forget / 24 retain, before -> after): circle 100% -> 58% shown,
-retain 100% -> 96%; striped 100% -> 17%, retain 92% -> 62%; hex mark 100% -> 0%, retain 100% -> 50%, figure
-kept 0% -- without an anchor the mark's images are pulled to random retain prompts (shapes) and the person
-goes with the mark. With --anchor "a person" (the analogue of the official nudity pseudo prompt "a photo of a
-person wearing clothes"): hex mark 0%, retain 100% -> 92%, figure kept 100%.
+Defaults are the published recipe (README: lr 1e-5, 5 epochs, alpha 0.5, batch 8; 800 forget images and
+100 per retain prompt, drawn at guidance 7.5 in 100 DDIM steps as the official data). At lr 1e-5 the 1.5
+M-parameter mini UNet does not move within a few hundred steps. For small models use a preset (igmu
+calibrate; presets/mini.yaml): it caps the images and sampler steps by the rule's compute budget, raises
+the epochs by the factor the forget images were cut (within the budget's step cap) and chooses the lr on
+calibration concepts; alpha stays published. Exploratory runs before presets (40 epochs of 16 forget
+images at batch 8, 16 images per retain prompt, 10 sampler steps, guidance 5; object "circle", n = 24,
+forget shown / retain as asked): lr 1e-4: 71% / 100%; lr 3e-4: 46% / 83%; lr 1e-3: 8% / 29%; lr 3e-4
+with alpha 2: 58% / 96%, a steady trade-off where the published alpha 0.5 spent more of the retain
+accuracy (8 retain prompts of 16 images are a much smaller retain set than nine classes of ~950 real
+images). With --anchor "a person" (the analogue of the official nudity pseudo prompt "a photo of a person
+wearing clothes") the hex mark was erased (0%) with the figure kept in 100% of images (retain 92%);
+without an anchor the mark's images are pulled to random retain prompts (shapes) and the person goes with
+the mark (figure kept 0%).
 """
 from __future__ import annotations
 
@@ -217,14 +212,14 @@ def unlearning_setup(pipe, req: EraseRequest, cfg):
 class SalUnConfig(MethodConfig):
     mask_ratio: float = Field(0.5, gt=0, le=1)  # official generate_mask.py threshold_list [0.5], README with_0.5.pt
     saliency_guidance: float = Field(7.5, ge=0)  # official generate_mask.py --c_guidance 7.5
-    alpha: float = Field(2.0, ge=0)  # official 0.5 (README --alpha 0.5; argparse 0.1); mini scaling, see docstring
-    lr: float = Field(3e-4, gt=0)  # official 1e-5 (README --lr 1e-5, Adam); mini scaling, see docstring
-    epochs: int = Field(40, ge=1)  # official 5 (README --epochs 5) over ~950 images; mini scaling, see docstring
+    alpha: float = Field(0.5, ge=0)  # official README --alpha 0.5 (argparse 0.1)
+    lr: float = Field(1e-5, gt=0)  # official README --lr 1e-5 (Adam)
+    epochs: int = Field(5, ge=1)  # official README --epochs 5
     batch_size: int = Field(8, ge=1)  # official random_label.py --batch_size 8
-    forget_images: int = Field(16, ge=1)  # per target; official ~950 Imagenette / 800 generated; mini scaling
-    retain_images: int = Field(16, ge=1)  # per retain prompt; official 800 generated (nudity); mini scaling
-    sample_steps: int = Field(10, ge=2)  # drawing the images; official data: SD v1.4, 100 DDIM steps; mini scaling
-    guidance_scale: float = Field(5.0, ge=0)  # drawing the images; official 7.5; igmu's generation default
+    forget_images: int = Field(800, ge=1)  # per target; official ~950 Imagenette / 800 generated (nudity)
+    retain_images: int = Field(100, ge=1)  # per retain prompt; official: the other classes / a generated set
+    sample_steps: int = Field(100, ge=2)  # drawing the images; official data: SD v1.4, 100 DDIM steps
+    guidance_scale: float = Field(7.5, ge=0)  # drawing the images; official 7.5
     seed: int = 0
 
 
@@ -238,6 +233,8 @@ class SalUn(Eraser):
               "Classification and Generation, ICLR 2024; OPTML-Group/Unlearn-Saliency (SD/)")
     multi_concept = True
     Config = SalUnConfig
+    strength = {"lr": "lr"}
+    budget = {"epochs": "epochs", "batch_size": "batch", "forget_images": "images", "retain_images": "images_small", "sample_steps": "sample_steps"}
     architectures = {"sd": None, "sdxl": None}  # SD3 / FLUX.1: not yet ported (docs/architectures.md)
 
     def check(self, pipe, req: EraseRequest, cfg: SalUnConfig):

@@ -57,22 +57,17 @@ igmu's version, stated exactly:
     official loop draws a random batch of each at every step).
   * The artifact holds every UNet tensor that changed (the repair trains them all).
 
-Mini-model scaling (defaults below; published values in each option's comment): the mini UNet has 1.5 M
-parameters and does not move at lr 1e-5; igmu trains at lr 1e-4 for 40 epochs of 16 forget images per
-target at batch 8 (80 steps), 16 images per retain prompt drawn in 10 sampler steps at guidance 5, and
-draws the SNIP batches at batch 8. At the official sparsity the trim re-initialises ~240 weights of the
-mini model (of ~7,700 above the threshold), and trimming alone barely erases (circle: forget 92%,
-retain 100%). Exploratory runs of the whole method (circle, n = 24, forget shown / retain as asked):
-lr 1e-4: 92% / 96%; lr 3e-4: 79% / 54%; without projection, lr 3e-4: 71% / 75%. Full-parameter Adam at
-3e-4 costs retain accuracy faster than the weak forgetting term (lam 0.1) erases, so the default stays at
-1e-4, where ScissorHands barely erases on the mini model. For Stable Diffusion restore the published
-recipe with
-    --set lr=1e-5 --set epochs=5 --set batch_size=16 --set forget_images=800 --set retain_images=100
-    --set sample_steps=50 --set guidance_scale=7.5
-
-Measured at these defaults (mini world, n = 24 forget / 24 retain, before -> after): circle 100% -> 92% shown,
-retain 100% -> 96% (lam 1: 92% / 88%); striped 100% -> 29%, retain 92% -> 71%; hex mark 100% -> 0%, retain
-100% -> 79%, figure kept 12% (no anchor).
+Defaults are the published recipe (train_shs.sh nudity: lr 1e-5, 5 epochs, batch 16; 800 forget images
+and 100 per retain prompt, drawn in 50 sampler steps at guidance 7.5). The mini UNet (1.5 M parameters)
+does not move at lr 1e-5. For small models use a preset (igmu calibrate; presets/mini.yaml): it caps the
+images and sampler steps by the rule's compute budget, raises the epochs by the factor the forget images
+were cut (within the budget's step cap) and chooses the lr on calibration concepts. At the official
+sparsity the trim re-initialises ~240 weights of the mini model (of ~7,700 above the threshold), and
+trimming alone barely erases (circle: forget 92%, retain 100%). Exploratory runs before presets (40
+epochs of 16 forget images at batch 8, 16 images per retain prompt, 10 sampler steps, guidance 5; circle,
+n = 24, forget shown / retain as asked): lr 1e-4: 92% / 96%; lr 3e-4: 79% / 54%; without projection, lr
+3e-4: 71% / 75%. Full-parameter Adam at 3e-4 costs retain accuracy faster than the weak forgetting term
+(lam 0.1) erases.
 """
 from __future__ import annotations
 
@@ -102,13 +97,13 @@ class ScissorHandsConfig(MethodConfig):
     project: bool = True  # paper / Classification --project; the SD scripts never call the projection
     memory_num: int = Field(1, ge=1)  # official train_shs.sh --memory_num 1
     margin: float = Field(0.5, ge=0)  # official project2cone2(..., margin=0.5) (GEM)
-    lr: float = Field(1e-4, gt=0)  # official 1e-5 (nudity; class 2e-5), Adam; mini scaling, see docstring
-    epochs: int = Field(40, ge=1)  # official 5 (nudity; class 3); mini scaling, see docstring
-    batch_size: int = Field(8, ge=1)  # official 16 (train_shs.sh nudity); mini scaling, see docstring
-    forget_images: int = Field(16, ge=1)  # per target; official generated nudity set; mini scaling
-    retain_images: int = Field(16, ge=1)  # per retain prompt; official generated clothed set; mini scaling
-    sample_steps: int = Field(10, ge=2)  # drawing the images; official SD v1.4, 50 steps; mini scaling
-    guidance_scale: float = Field(5.0, ge=0)  # drawing the images; official 7.5; igmu's generation default
+    lr: float = Field(1e-5, gt=0)  # official train_shs.sh nudity --lr 1e-5 (class 2e-5), Adam
+    epochs: int = Field(5, ge=1)  # official train_shs.sh nudity --epochs 5 (class 3)
+    batch_size: int = Field(16, ge=1)  # official train_shs.sh nudity --batch_size 16
+    forget_images: int = Field(800, ge=1)  # per target; official: a generated nudity set of 800 images
+    retain_images: int = Field(100, ge=1)  # per retain prompt; official: a generated clothed set
+    sample_steps: int = Field(50, ge=2)  # drawing the images; official: SD v1.4 generations, 50 steps
+    guidance_scale: float = Field(7.5, ge=0)  # drawing the images; official 7.5
     seed: int = 0
 
 
@@ -178,6 +173,8 @@ class ScissorHands(Eraser):
     multi_concept = True
     Config = ScissorHandsConfig
     architectures = {"sd": None, "sdxl": None}  # SD3 / FLUX.1: not yet ported (docs/architectures.md)
+    strength = {"lr": "lr"}
+    budget = {"epochs": "epochs", "batch_size": "batch", "forget_images": "images", "retain_images": "images_small", "sample_steps": "sample_steps"}
 
     def check(self, pipe, req: EraseRequest, cfg: ScissorHandsConfig):
         check_unlearning_request(pipe, req)

@@ -147,6 +147,7 @@ class SLD(Eraser):
     architectures = {"sd": None, "sdxl": None, "sd3": None,
                      "flux": "SLD changes classifier-free guidance (its unconditional branch and a safety branch "
                              "beside it), and FLUX.1 is guidance-distilled: it samples with one conditional pass"}
+    strength = {"preset": ["weak", "medium", "strong", "max"]}
 
     def check(self, pipe, req: EraseRequest, cfg):
         a = adapter_for(pipe)

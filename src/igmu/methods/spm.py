@@ -64,20 +64,16 @@ Differences from the official code, stated exactly:
     of every iteration: L_LA averages over the random anchors and the preserved prompts' embeddings.
   * anchor_samples 0 (with no --preserve) is the official "erase" action (no Latent Anchoring).
 
-Mini-model scaling (the defaults below are scaled for the shipped mini model; the published values
-are in each option's comment). On the mini model one iteration at the official settings costs about
-1 s on a shared 2-core CPU (drawing x_t dominates: up to 29 guided UNet passes), so 3000 iterations
-take about an hour; and with la_strength 1000 the membrane barely moves the target within a few hundred
-iterations (measured: 300 iterations, lr 3e-3, sample_steps 10, the target's prediction moved 0.06 of the way to the
-unconditional one). The official demo notes that la_strength "should be further tuned for other base
-models". igmu therefore defaults to iterations 200, lr 3e-3, sample_steps 10 and la_strength 100
-(warm-up and the 3 cosine cycles scale with `iterations`). On the mini model this takes ~1.5 minutes
-and moves the prediction for "circle" 0.95-1.2 of the way to the unconditional one (2.0 = the full
-eta = 1 negation), while "star" moves 0.16-0.29, "square" 0.4-0.7 and "striped" 0.5-0.7 (each relative
-to that prompt's own conditional-unconditional gap; one seed, latents of pure noise at t = 200, 500,
-800). With la_strength 30 erasure is a little stronger and the drift of other prompts larger. For a full-size
-Stable Diffusion model run the published recipe:
-    --set iterations=3000 --set lr=1e-4 --set sample_steps=30 --set la_strength=1000
+Defaults are the published recipe (configs/pikachu: 3000 iterations, lr 1e-4, 30 sampler steps, LA
+strength 1000). On the mini model one iteration at these settings costs about 1 s on a shared 2-core CPU
+(drawing x_t dominates: up to 29 guided UNet passes), so 3000 iterations take about an hour. For small
+models use a preset (igmu calibrate; presets/mini.yaml for the mini model): it caps the iterations and
+sampler steps by the calibration rule's compute budget (warm-up and the 3 cosine cycles scale with
+`iterations`) and chooses the learning rate on calibration concepts. The LA strength stays published
+(1000; the official demo notes it "should be further tuned for other base models": a preset leaves it
+to --set). Before presets, igmu's defaults were a hand scaling for the mini model (200 iterations,
+lr 3e-3, 10 sampler steps, LA strength 100); at LA strength 1000 and lr 3e-3 the membrane barely moved the
+target within 300 iterations (its prediction moved 0.06 of the way to the unconditional one).
 """
 from __future__ import annotations
 
@@ -95,18 +91,18 @@ from .train import AdamW, FineTune
 
 
 class SPMConfig(MethodConfig):
-    iterations: int = Field(200, ge=1)  # official 3000 (config.yaml train.iterations); mini scaling, see docstring
-    lr: float = Field(3e-3, gt=0)  # official 1e-4 (train.lr, unet_lr); mini scaling, see docstring
+    iterations: int = Field(3000, ge=1)  # official config.yaml train.iterations 3000
+    lr: float = Field(1e-4, gt=0)  # official train.lr (unet_lr) 1e-4
     weight_decay: float = Field(0.01, ge=0)  # bitsandbytes AdamW8bit default (official optimizer_type AdamW8bit)
     warmup_fraction: float = Field(1 / 6, ge=0, lt=1)  # official lr_warmup_steps 500 of 3000 iterations
     lr_cycles: int = Field(3, ge=1)  # official lr_scheduler cosine_with_restarts, lr_scheduler_num_cycles 3
     rank: int = Field(1, ge=1)  # official network.rank 1: the "one-dimensional" adapter
     alpha: float = Field(1.0, gt=0)  # official network.alpha 1.0
     negative_guidance: float = Field(1.0, ge=0)  # official prompt.yaml guidance_scale 1.0 (demo erasing_scale)
-    la_strength: float = Field(100.0, ge=0)  # official 1000 (prompt.yaml, "for SD v1.4"); mini scaling, see docstring
+    la_strength: float = Field(1000.0, ge=0)  # official prompt.yaml la_strength 1000 ("for SD v1.4")
     anchor_samples: int = Field(4, ge=0)  # official prompt.yaml sampling_batch_size 4; 0: no Latent Anchoring
     guidance_scale: float = Field(3.0, ge=0)  # sampling x_t: train_spm.py diffusion(..., guidance_scale=3)
-    sample_steps: int = Field(10, ge=2)  # official 30 (train.max_denoising_steps); mini scaling, see docstring
+    sample_steps: int = Field(30, ge=2)  # official train.max_denoising_steps 30
     seed: int = 0
 
 
@@ -149,6 +145,8 @@ class SPM(Eraser):
     multi_concept = True
     Config = SPMConfig
     architectures = {"sd": None, "sdxl": None}  # SD3 / FLUX.1: not yet ported (docs/architectures.md)
+    strength = {"lr": "lr"}
+    budget = {"iterations": "steps", "sample_steps": "sample_steps"}
 
     def check(self, pipe, req: EraseRequest, cfg: SPMConfig):
         a = adapter_for(pipe)

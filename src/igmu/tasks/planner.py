@@ -407,7 +407,9 @@ def plan(target: str, kind: str | None = None, scope: str = "single", triggers=N
         notes.append("no installed method fits this leaf")
     if mini:
         notes.append("on the mini model only the closed-form methods erase at their published defaults "
-                     "(docs/methods.md); mini_evidence gives the measured rates")
+                     "(docs/methods.md; mini_evidence gives the measured rates); erase with the calibrated "
+                     "preset (igmu erase --preset presets/mini.yaml, docs/calibration.md) for values chosen by "
+                     "igmu calibrate on other concepts")
     sets = {}
     for key, what in g["prompt_sets"].items():
         if key == "scope":
