@@ -8,7 +8,8 @@
     tasks: [mini:object-circle, tasks/mini/style-striped.yaml]
     seeds: [0]
     aspects: [forgetting, preservation, quality, alignment, robustness]
-    evaluation: {images_per_prompt: 2, attack_prompts: 2, steps: 20, guidance: 5.0, judge: null, clip: null}
+    evaluation: {images_per_prompt: 2, attack_prompts: 2, attacks: [unlearndiffatk:fast, ringabell:fast],
+                 steps: 20, guidance: 5.0, judge: null, clip: null}
     resources: {cpus: 1, gpus: 0}  # what one cell asks of the Ray backend
 """
 from __future__ import annotations
@@ -36,6 +37,7 @@ class MethodEntry(_Strict):
 class EvalSettings(_Strict):
     images_per_prompt: int | None = Field(None, ge=1)  # default: each task's
     attack_prompts: int | None = Field(None, ge=0)  # default: each task's
+    attacks: list[str] | None = None  # "name:budget" items of the robustness aspect; default: each task's
     steps: int = Field(20, ge=1)
     guidance: float = Field(5.0, ge=0)
     judge: str | None = None
@@ -104,6 +106,13 @@ def load_config(path: Path) -> tuple[BenchConfig, dict]:
         except UserError as e:
             raise UserError(f"bench config {path}: task {t!r}: {e}") from None
     check_aspects(cfg.aspects)
+    if cfg.evaluation.attacks is not None:
+        from ..attacks.base import parse_attack_specs
+
+        try:
+            parse_attack_specs(cfg.evaluation.attacks)
+        except UserError as e:
+            raise UserError(f"bench config {path}: evaluation.attacks: {e}") from None
     if cfg.evaluation.judge:
         get_judge(cfg.evaluation.judge)
     return cfg, raw
