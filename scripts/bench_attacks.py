@@ -197,8 +197,21 @@ def _fmt(x: dict) -> str:
     return f"{x['value']:.0%} [{x['lo']:.0%}, {x['hi']:.0%}]"
 
 
+def budgets_table() -> list[str]:
+    """Every attack's presets side by side: official (cited in the attack's file) next to fast and tiny."""
+    from igmu.attacks.base import BUDGETS, load_all
+
+    lines = ["| attack | field | " + " | ".join(BUDGETS) + " |", "|---|---|" + "---|" * len(BUDGETS)]
+    for name, cls in sorted(load_all().items()):
+        a = cls()
+        vals = {b: a.budget(b).model_dump() for b in BUDGETS}
+        for i, f in enumerate(vals["official"]):
+            lines.append(f"| {name if i == 0 else ''} | {f} | " + " | ".join(str(vals[b][f]) for b in BUDGETS) + " |")
+    return lines
+
+
 def cmd_report(a):
-    lines = []
+    lines = ["#### budgets\n"] + budgets_table()
     for t in TASKS:
         cols = [(atk, "fast") for atk in ATTACKS] + [(x, b) for x, b, tt in EXTRA if tt == t]
         lines += [f"\n#### {t} (n = {N_PROMPTS} attacked prompts per cell; ASR [95% Wilson interval]; "
