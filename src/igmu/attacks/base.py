@@ -89,6 +89,17 @@ class Session:
         img = self.generate([text], [seed])
         return bool(self.shows(img)[0]), img[0]
 
+    def check_tokens(self, tokenizer, ids: torch.Tensor, positions: list[int], picked: torch.Tensor,
+                     seed: int) -> tuple[bool, np.ndarray, str]:
+        """Put the `picked` tokens at `positions` of `ids`, decode the prompt and check it: (shown, image, text)."""
+        from .search import decode
+
+        ids = ids.clone()
+        ids[0, positions] = picked
+        text = decode(tokenizer, ids)
+        ok, img = self.check_text(text, seed)
+        return ok, img, text
+
     def generate_embeds(self, cond: torch.Tensor, seeds: list[int]) -> np.ndarray:
         """Images of the unlearned model for prompt hidden states `cond` (N x L x D), e.g. a prompt that holds
         a learned token; the same initial noise and sampler as `generate`."""
@@ -133,6 +144,27 @@ class Session:
             out.append(x)
         self.images_generated += len(prompts)
         return torch.cat(out)
+
+
+@dataclass
+class WhiteBox:
+    """A model frozen for gradient attacks: its parts, its training noise schedule and its token-embedding table."""
+    pipe: Any
+    text_encoder: Any
+    unet: Any
+    tokenizer: Any
+    scheduler: Any
+    table: torch.Tensor  # V x D, float32, detached
+
+
+def white_box(pipe) -> WhiteBox:
+    from ..methods.common import train_scheduler
+    from .adversarial import token_table
+
+    pipe.text_encoder.requires_grad_(False)
+    pipe.unet.requires_grad_(False)
+    return WhiteBox(pipe, pipe.text_encoder, pipe.unet, pipe.tokenizer, train_scheduler(pipe),
+                    token_table(pipe.text_encoder).weight.detach().float())
 
 
 class Attack:

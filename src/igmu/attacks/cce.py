@@ -27,8 +27,7 @@ from __future__ import annotations
 import torch
 from pydantic import Field
 
-from .adversarial import token_table
-from .base import Attack, Budget, Found, check_differentiable, register
+from .base import Attack, Budget, Found, check_differentiable, register, white_box
 from .search import encode_with, prefix_layout
 
 PLACEHOLDER = "<cce>"
@@ -67,14 +66,10 @@ class CCE(Attack):
         check_differentiable(session.unlearned, f"attack {self.name}")
 
     def prepare(self, session, prompts, seeds, b):
-        from ..methods.common import diffusion_loss, train_scheduler
+        from ..methods.common import diffusion_loss
 
-        pipe = session.unlearned
-        te, unet, tok = pipe.text_encoder, pipe.unet, pipe.tokenizer
-        te.requires_grad_(False)
-        unet.requires_grad_(False)
-        sched = train_scheduler(pipe)
-        table = token_table(te).weight.detach().float()
+        wb = white_box(session.unlearned)
+        te, unet, tok, sched, table = wb.text_encoder, wb.unet, wb.tokenizer, wb.scheduler, wb.table
         n = len(prompts)
         pairs = [(prompts[i % n], seeds[i % n] + i // n) for i in range(b.train_images)]
         x0 = session.original_latents([p for p, _ in pairs], [s for _, s in pairs]).to(unet.device, unet.dtype)

@@ -33,10 +33,9 @@ import torch
 import torch.nn.functional as F
 from pydantic import Field
 
-from .adversarial import token_table
-from .base import Attack, Budget, Found, check_differentiable, check_pair, register
-from .search import (allowed_tokens, decode, encode_with, every_k_layout, hidden, n_every_k, nearest_cosine,
-                     prefix_layout, random_tokens, tokenize)
+from .base import Attack, Budget, Found, check_differentiable, check_pair, register, white_box
+from .search import (allowed_tokens, encode_with, every_k_layout, hidden, n_every_k, nearest_cosine, prefix_layout,
+                     random_tokens, tokenize)
 
 
 class P4DBudget(Budget):
@@ -73,14 +72,9 @@ class _P4D(Attack):
         return every_k_layout(tok, prompt, b.tokens, fill)
 
     def attack(self, session, prompt, seed, b, shared):
-        from ..methods.common import train_scheduler
-
         un, orig = session.unlearned, session.original
-        tok = un.tokenizer
-        for m in (un.text_encoder, un.unet, orig.text_encoder, orig.unet):
-            m.requires_grad_(False)
-        sched = train_scheduler(orig)
-        table = token_table(un.text_encoder).weight.detach().float()
+        wb, wo = white_box(un), white_box(orig)
+        tok, sched, table = wb.tokenizer, wo.scheduler, wb.table
         allowed = allowed_tokens(tok, table.shape[0])
         gen = torch.Generator().manual_seed(int(seed))
         ids, adv, fixed = self.layout(tok, prompt, b, gen, allowed)
@@ -109,10 +103,7 @@ class _P4D(Attack):
             opt.step()
             opt.zero_grad(set_to_none=True)
             if step % b.eval_step == 0 or step == b.iterations - 1:  # optimize_n.py evaluates at step % eval_step == 0
-                ids2 = ids.clone()
-                ids2[0, positions] = picked
-                text = decode(tok, ids2)
-                ok, img = session.check_text(text, seed)
+                ok, img, text = session.check_tokens(tok, ids, positions, picked, seed)
                 checks += 1
                 if ok:
                     break

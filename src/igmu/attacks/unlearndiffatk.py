@@ -32,9 +32,8 @@ from __future__ import annotations
 import torch
 from pydantic import Field
 
-from .adversarial import token_table
-from .base import Attack, Budget, Found, check_differentiable, register
-from .search import STESample, allowed_tokens, decode, encode_with, prefix_layout, project_simplex
+from .base import Attack, Budget, Found, check_differentiable, register, white_box
+from .search import STESample, allowed_tokens, encode_with, prefix_layout, project_simplex
 
 
 class UnlearnDiffAtkBudget(Budget):
@@ -85,14 +84,10 @@ class UnlearnDiffAtk(Attack):
         return list(range(start, T, stride))[:n]
 
     def attack(self, session, prompt, seed, b, shared):
-        from ..methods.common import diffusion_loss, train_scheduler
+        from ..methods.common import diffusion_loss
 
-        pipe = session.unlearned
-        te, unet, tok = pipe.text_encoder, pipe.unet, pipe.tokenizer
-        te.requires_grad_(False)
-        unet.requires_grad_(False)
-        sched = train_scheduler(pipe)
-        table = token_table(te).weight.detach().float()
+        wb = white_box(session.unlearned)
+        te, unet, tok, sched, table = wb.text_encoder, wb.unet, wb.tokenizer, wb.scheduler, wb.table
         allowed = allowed_tokens(tok, table.shape[0])
         x0 = session.original_latents([prompt] * b.target_images, [seed + j for j in range(b.target_images)])
         x0 = x0.to(unet.device, unet.dtype)
@@ -117,11 +112,7 @@ class UnlearnDiffAtk(Attack):
                 total += float(loss.detach())
                 it += 1
             losses.append(total)
-            picked = u.detach().argmax(-1)
-            ids2 = ids.clone()
-            ids2[0, positions] = picked
-            text = decode(tok, ids2)
-            ok, img = session.check_text(text, seed)
+            ok, img, text = session.check_tokens(tok, ids, positions, u.detach().argmax(-1), seed)
             checks += 1
             if ok:
                 break
