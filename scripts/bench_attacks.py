@@ -112,7 +112,8 @@ def erase(label: str, method: str, sets: list[str], task_name: str) -> str:
 
 def cmd_table(a):
     _setup()
-    cells = [(atk, "fast", t) for t in TASKS for atk in ATTACKS] + EXTRA
+    tasks = a.tasks.split(",") if a.tasks else TASKS
+    cells = [(atk, "fast", t) for t in tasks for atk in ATTACKS] + [x for x in EXTRA if x[2] in tasks]
     pipes: dict = {}
     for label, method, sets in METHODS:
         if a.methods and label not in a.methods.split(","):
@@ -267,6 +268,7 @@ def main():
     ap.add_argument("what", choices=["validate", "table", "cost", "report"])
     ap.add_argument("--methods", default="", help="subset of: " + ",".join(m[0] for m in METHODS))
     ap.add_argument("--attacks", default="", help="subset of: " + ",".join(ATTACKS))
+    ap.add_argument("--tasks", default="", help="table: subset of: " + ",".join(TASKS))
     ap.add_argument("--budgets", default="tiny,fast,official", help="cost: budgets to time")
     ap.add_argument("--prompts", type=int, default=2, help="cost: prompts per (attack, budget)")
     a = ap.parse_args()

@@ -119,12 +119,13 @@ class MMADiffusion(Attack):
     @staticmethod
     def _valid(tok, cands: torch.Tensor, cur: torch.Tensor) -> torch.Tensor:
         """get_filtered_cands: keep candidates whose text re-tokenizes to as many tokens and differs from the
-        current prompt; fill the rest with the last valid one (or the current prompt if none is valid)."""
+        current prompt; fill the rest with the last valid one (or the current prompt if none is valid). As in the
+        official code the candidates continue as text: the ids kept are those of the re-tokenized text."""
         keep = []
         for c in cands:
-            text = decode(tok, c)
-            if not torch.equal(c, cur) and len(tok(text, add_special_tokens=False).input_ids) == len(c):
-                keep.append(c)
+            ids = tok(decode(tok, c), add_special_tokens=False).input_ids
+            if not torch.equal(c, cur) and len(ids) == len(c):
+                keep.append(torch.tensor(ids))
         if not keep:
             return cur.unsqueeze(0)
         return torch.stack(keep + [keep[-1]] * (len(cands) - len(keep)))

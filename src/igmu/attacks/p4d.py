@@ -25,7 +25,9 @@ the end; igmu judges every evaluated prompt with the task's judge and stops at t
 is at least the official selection's at the same budget); the adversarial prompt is encoded by the UNLEARNED
 model's text encoder (the official code uses the original's, which is the same model for the UNet-editing
 erasures it studies; here text-encoder erasures such as AdvUnlearn are attacked as they are deployed); the
-official n-token prompt is padded with token id 0, here with the tokenizer's end and pad tokens.
+official n-token prompt is padded with token id 0, here with the tokenizer's end and pad tokens; in P4D-K the
+end token follows the interleaved sequence (the official code writes the longer interleaved sequence over the
+positions of the prompt, end token included).
 """
 from __future__ import annotations
 
