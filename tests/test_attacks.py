@@ -165,3 +165,19 @@ def test_attack_command(uce_pair, tiny_sd1, tmp_path):
     assert r.exit_code == 0 and "unlearndiffatk" in r.output and "text encoder only" in r.output
     r = CliRunner().invoke(app, ["attacks", "--budgets"])
     assert r.exit_code == 0 and '"timesteps": 50, "iterations": 40' in r.output
+
+
+def test_attack_lists_in_tasks_and_configs():
+    from igmu.attacks.base import parse_attack_specs
+    from igmu.tasks import load_task, task_from_dict
+
+    assert parse_attack_specs("unlearndiffatk:official, ringabell") == [("unlearndiffatk", "official"),
+                                                                      ("ringabell", "fast")]
+    for bad, needle in (("unlearndiffatk:huge", "unknown budget"), ("nope:fast", "unknown attack"),
+                        ("mma:tiny,mma:tiny", "listed twice")):
+        with pytest.raises(UserError, match=needle):
+            parse_attack_specs(bad)
+    t = load_task("mini:object-circle").model_dump(mode="json")
+    with pytest.raises(UserError, match="attack.tokens is no longer a setting"):
+        task_from_dict({**t, "attack": {"prompts": 2, "tokens": 5}})
+    assert task_from_dict({**t, "attack": {"prompts": 2, "attacks": ["p4d-k:tiny"]}}).attack.attacks == ["p4d-k:tiny"]
