@@ -11,6 +11,7 @@ table: the methods at their defaults erase circle / striped (`igmu erase`, cache
     `fast` (UnlearnDiffAtk also at `official` on the object task) attacks 16 (prompt, seed) pairs per cell:
     the task's explicit forget prompts at seed 0, then again at seed 1 until there are 16 (the object task has
     12 prompts). Each cell is written to out/bench/attacks/cells/ when done; a rerun skips finished cells.
+sweep: diffusion completion on the broken-word model, the original driving the first k of 20 steps (k = 0..20).
 cost: seconds per attacked prompt on the UCE object artifact for each attack and budget, with early stopping
     off (a judge that never sees the target), so the figure is the full budget's cost: `--prompts` prompts.
 
@@ -164,6 +165,45 @@ def cmd_validate(a):
     print("plain prompting of the broken model:", json.loads(plain.read_text()))
 
 
+def cmd_sweep(a):
+    """Diffusion completion on the broken-word model: the original model samples the first k of 20 steps of each
+    explicit style prompt, the broken model completes; how often is the target shown, per k? (Where the noise
+    probe's completions at k = 1..3 sit on that curve.)"""
+    _setup()
+    import numpy as np
+    import torch
+
+    from igmu.attacks.noiseprobe import ddim_sample, decode_latents
+    from igmu.evaluation.metrics import wilson
+    from igmu.generate import initial_noise
+    from igmu.methods.common import encode
+    from igmu.models.load import load_pipeline
+    from igmu.tasks import load_task
+    from igmu.utils.io import write_json
+
+    path = OUT / "validate" / "completion-sweep.json"
+    if path.is_file():
+        print(path.read_text())
+        return
+    task = load_task("mini:style-striped")
+    shows = judge_for(task)
+    un, orig = load_pipeline(str(OUT / "broken-striped")), load_pipeline("mini")
+    ks = [0, 1, 2, 3, 5, 8, 12, 20]
+    rows = {}
+    for k in ks:
+        hit = []
+        for i, r in enumerate(task.forget()["explicit"]):
+            cu, _ = encode(un, [r.prompt, ""])
+            co, _ = encode(orig, [r.prompt, ""])
+            x = initial_noise(un, i, 32, 32)
+            lat = ddim_sample(un, orig, x, cu, co, 20, 5.0, torch.zeros(1), torch.ones(1),
+                              [torch.Generator().manual_seed(i)], [k - 1 if k > 0 else None])
+            hit.append(bool(shows(decode_latents(un, lat))[0]))
+        rows[k] = wilson(hit)
+        print(f"original drives {k:2d} of 20 steps: target shown {rows[k]['value']:.0%}", flush=True)
+    write_json(path, {"steps": 20, "guidance": 5.0, "shown_by_original_steps": rows})
+
+
 def cmd_cost(a):
     """Full-budget cost (no early stop): a judge that never sees the target."""
     _setup()
@@ -247,6 +287,11 @@ def cmd_report(a):
                 b, o = json.loads(fb.read_text()), json.loads(fo.read_text())
                 lines.append(f"| {atk} | {_fmt(b['asr'])} | {b['asr_no_attack']['value']:.0%} | {_fmt(o['asr'])} | "
                              f"{b['cost']['seconds_per_prompt']:.1f} |")
+        sw = v / "completion-sweep.json"
+        if sw.is_file():
+            rows = json.loads(sw.read_text())["shown_by_original_steps"]
+            lines.append("\ndiffusion completion on the broken-word model (16 prompts): target shown when the original "
+                         "model drives the first k of 20 steps: " + ", ".join(f"k={k}: {_fmt(v)}" for k, v in rows.items()))
         if (v / "plain.json").is_file():
             p = json.loads((v / "plain.json").read_text())
             lines.append(f"\nplain prompting of the broken-word model: target shown in {_fmt(p['target_shown'])} "
@@ -265,14 +310,14 @@ def cmd_report(a):
 
 def main():
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("what", choices=["validate", "table", "cost", "report"])
+    ap.add_argument("what", choices=["validate", "table", "cost", "sweep", "report"])
     ap.add_argument("--methods", default="", help="subset of: " + ",".join(m[0] for m in METHODS))
     ap.add_argument("--attacks", default="", help="subset of: " + ",".join(ATTACKS))
     ap.add_argument("--tasks", default="", help="table: subset of: " + ",".join(TASKS))
     ap.add_argument("--budgets", default="tiny,fast,official", help="cost: budgets to time")
     ap.add_argument("--prompts", type=int, default=2, help="cost: prompts per (attack, budget)")
     a = ap.parse_args()
-    {"validate": cmd_validate, "table": cmd_table, "cost": cmd_cost, "report": cmd_report}[a.what](a)
+    {"validate": cmd_validate, "table": cmd_table, "cost": cmd_cost, "sweep": cmd_sweep, "report": cmd_report}[a.what](a)
 
 
 if __name__ == "__main__":
