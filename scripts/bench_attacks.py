@@ -69,7 +69,7 @@ def run_cell(path: Path, attack: str, budget: str, unlearned: str, task_name: st
     from igmu.attacks.base import run_attack, summary_cost
     from igmu.evaluation.metrics import wilson
     from igmu.generate import GenSettings
-    from igmu.models.load import load_pipeline
+    from igmu.artifacts import load_model
     from igmu.tasks import load_task
     from igmu.utils.io import atomic_dir
 
@@ -79,7 +79,7 @@ def run_cell(path: Path, attack: str, budget: str, unlearned: str, task_name: st
     prompts, seeds = attacked(task)
     for spec in (unlearned, "mini"):
         if spec not in pipes:
-            pipes[spec] = load_pipeline(spec)
+            pipes[spec] = load_model(spec)
     t0 = time.perf_counter()
     res = run_attack(attack, pipes[unlearned], pipes["mini"], task.targets[0], prompts, seeds, budget,
                      judge_for(task), GenSettings(), 0, task.category.kind)
@@ -153,13 +153,13 @@ def cmd_validate(a):
 
         from igmu.evaluation.metrics import wilson
         from igmu.generate import GenSettings, generate_images
-        from igmu.models.load import load_pipeline
+        from igmu.artifacts import load_model
         from igmu.tasks import load_task
 
         task = load_task("mini:style-striped")
         ps = [r.prompt for r in task.forget()["explicit"]]
         pairs = [(p, s) for p in ps for s in range(4)]
-        imgs = generate_images(load_pipeline(str(broken)), [p for p, _ in pairs], [s for _, s in pairs], GenSettings(), 1)
+        imgs = generate_images(load_model(str(broken)), [p for p, _ in pairs], [s for _, s in pairs], GenSettings(), 1)
         shown = np.asarray(judge_for(task)(imgs))
         plain.write_text(json.dumps({"target_shown": wilson(shown.tolist()), "images": len(pairs)}, indent=1))
     print("plain prompting of the broken model:", json.loads(plain.read_text()))
@@ -170,14 +170,13 @@ def cmd_sweep(a):
     explicit style prompt, the broken model completes; how often is the target shown, per k? (Where the noise
     probe's completions at k = 1..3 sit on that curve.)"""
     _setup()
-    import numpy as np
     import torch
 
     from igmu.attacks.noiseprobe import ddim_sample, decode_latents
     from igmu.evaluation.metrics import wilson
     from igmu.generate import initial_noise
-    from igmu.methods.common import encode
-    from igmu.models.load import load_pipeline
+    from igmu.diffusion.arch import adapter_for
+    from igmu.artifacts import load_model
     from igmu.tasks import load_task
     from igmu.utils.io import write_json
 
@@ -187,14 +186,14 @@ def cmd_sweep(a):
         return
     task = load_task("mini:style-striped")
     shows = judge_for(task)
-    un, orig = load_pipeline(str(OUT / "broken-striped")), load_pipeline("mini")
+    un, orig = load_model(str(OUT / "broken-striped")), load_model("mini")
     ks = [0, 1, 2, 3, 5, 8, 12, 20]
     rows = {}
     for k in ks:
         hit = []
         for i, r in enumerate(task.forget()["explicit"]):
-            cu, _ = encode(un, [r.prompt, ""])
-            co, _ = encode(orig, [r.prompt, ""])
+            cu, _ = adapter_for(un).encode([r.prompt, ""])
+            co, _ = adapter_for(orig).encode([r.prompt, ""])
             x = initial_noise(un, i, 32, 32)
             lat = ddim_sample(un, orig, x, cu, co, 20, 5.0, torch.zeros(1), torch.ones(1),
                               [torch.Generator().manual_seed(i)], [k - 1 if k > 0 else None])
@@ -211,13 +210,13 @@ def cmd_cost(a):
 
     from igmu.attacks.base import run_attack, summary_cost
     from igmu.generate import GenSettings
-    from igmu.models.load import load_pipeline
+    from igmu.artifacts import load_model
     from igmu.tasks import load_task
     from igmu.utils.io import write_json
 
     task = load_task("mini:object-circle")
     art = erase("uce", "uce", [], "object-circle")
-    un, orig = load_pipeline(art), load_pipeline("mini")
+    un, orig = load_model(art), load_model("mini")
     prompts = [r.prompt for r in task.forget()["explicit"]][:a.prompts]
     for budget in a.budgets.split(","):
         for atk in (a.attacks.split(",") if a.attacks else ATTACKS):

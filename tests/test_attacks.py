@@ -20,13 +20,13 @@ FAST = GenSettings(steps=3)
 @pytest.fixture(scope="module")
 def uce_pair(tiny_sd1, tiny_sd2, tmp_path_factory):
     """{kind: (unlearned pipe, original pipe, artifact path)} for UCE erasing 'circle' from tiny SD1 / SD2."""
-    from igmu.methods.artifact import run_erase
-    from igmu.models.load import load_pipeline
+    from igmu.erase import run_erase
+    from igmu.artifacts import load_model
 
     out = {}
     for kind, base in (("sd1", tiny_sd1), ("sd2", tiny_sd2)):
         art = run_erase(str(base), "uce", ["circle"], None, [], None, [], tmp_path_factory.mktemp("uce") / kind)
-        out[kind] = (load_pipeline(str(art)), load_pipeline(str(base)), art)
+        out[kind] = (load_model(str(art)), load_model(str(base)), art)
     return out
 
 
@@ -121,7 +121,7 @@ def test_search_mechanics():
 
 
 def test_calls_an_attack_cannot_serve_fail_in_one_line(uce_pair, plain_unet_model):
-    from igmu.models.load import load_pipeline
+    from igmu.artifacts import load_model
 
     un, orig, _ = uce_pair["sd1"]
     with pytest.raises(UserError, match="needs the original model"):
@@ -132,7 +132,7 @@ def test_calls_an_attack_cannot_serve_fail_in_one_line(uce_pair, plain_unet_mode
         run_attack("cce", un, orig, "circle", [PROMPT], [0], "huge", never, FAST)
     with pytest.raises(UserError, match="unknown attack"):
         run_attack("nope", un, orig, "circle", [PROMPT], [0], "tiny", never, FAST)
-    plain = load_pipeline(str(plain_unet_model))
+    plain = load_model(str(plain_unet_model))
     for name in ("unlearndiffatk", "p4d-k", "cce"):
         with pytest.raises(UserError, match="no cross-attention"):
             run_attack(name, plain, orig, "circle", [PROMPT], [0], "tiny", never, FAST)

@@ -28,6 +28,8 @@ official code uses instead (a CLIP similarity, a classifier ranking) are noted i
 """
 from __future__ import annotations
 
+import contextlib
+import copy
 import time
 from dataclasses import dataclass, field
 from typing import Any, Callable, ClassVar
@@ -100,47 +102,47 @@ class Session:
         ok, img = self.check_text(text, seed)
         return ok, img, text
 
-    def generate_embeds(self, cond: torch.Tensor, seeds: list[int]) -> np.ndarray:
-        """Images of the unlearned model for prompt hidden states `cond` (N x L x D), e.g. a prompt that holds
-        a learned token; the same initial noise and sampler as `generate`."""
-        from ..generate import effective_negative_prompt, initial_noise
+    @contextlib.contextmanager
+    def learned_tokens(self, vectors: dict[str, torch.Tensor]):
+        """While active, the unlearned model's tokenizer and text encoder know new tokens {token: vector}
+        (diffusers' load_textual_inversion / unload_textual_inversion), so prompts that use them are text and
+        generate through `generate`, an inference-time method's sampling hook included."""
+        from transformers.utils import logging as tlog
 
-        pipe, s = self.unlearned, self.settings
-        spec = getattr(pipe, "igmu_sampling", None)
-        if spec and spec.get("type") != "negative_prompt":
-            raise UserError(f"this attack generates from prompt embeddings, which {spec.get('type')!r} sampling "
-                            "artifacts do not take; attack a weight-editing artifact instead")
-        from ..methods.common import encode
-
-        d = pipe.unet.config.sample_size * pipe.vae_scale_factor
-        h, w = s.height or d, s.width or d
-        neg, _ = encode(pipe, [effective_negative_prompt(s.negative_prompt, spec) or ""])
-        out = []
-        for i, seed in enumerate(seeds):
-            lat = initial_noise(pipe, seed, h, w).to(pipe.device, pipe.unet.dtype)
-            with torch.no_grad():
-                img = pipe(prompt_embeds=cond[i:i + 1].to(pipe.unet.dtype), negative_prompt_embeds=neg.to(pipe.unet.dtype),
-                           latents=lat, num_inference_steps=s.steps, guidance_scale=s.guidance, height=h, width=w,
-                           output_type="np").images
-            out.append((np.asarray(img) * 255).round().clip(0, 255).astype(np.uint8))
-        self.images_generated += len(seeds)
-        return np.concatenate(out)
+        pipe, level = self.unlearned, tlog.get_verbosity()
+        tokenizer = pipe.tokenizer  # unloading leaves a tokenizer that decodes differently: work on a copy
+        pipe.tokenizer = copy.deepcopy(tokenizer)
+        try:
+            tlog.set_verbosity_error()  # resizing says how it initialises the new row, which is then overwritten
+            try:
+                with torch.random.fork_rng():  # resizing the embedding table draws from the global generator
+                    pipe.load_textual_inversion({k: v.detach().float() for k, v in vectors.items()},
+                                                token=list(vectors))
+            finally:
+                tlog.set_verbosity(level)
+            yield
+        finally:
+            if len(pipe.tokenizer) > len(tokenizer):
+                pipe.unload_textual_inversion(list(vectors))  # restores the text encoder's embedding table
+            pipe.tokenizer = tokenizer
 
     # --- the original model's images of a prompt ---------------------------------
     def original_latents(self, prompts: list[str], seeds: list[int]) -> torch.Tensor:
         """Clean latents the ORIGINAL model draws for (prompt, seed) pairs at the session's sampling settings:
         the same initial noise as `generate`, so they are latents of the images the original would show."""
+        from ..diffusion.arch import adapter_for
+        from ..diffusion.sampling import sample_latents
         from ..generate import initial_noise
-        from ..methods.common import encode, sample_latents
 
         pipe, s = self.original, self.settings
+        a = adapter_for(pipe)
         d = pipe.unet.config.sample_size * pipe.vae_scale_factor
         h, w = s.height or d, s.width or d
         out = []
         for p, seed in zip(prompts, seeds):
-            embs, _ = encode(pipe, [p, ""])
+            embs, _ = a.encode([p, ""])
             noise = initial_noise(pipe, seed, h, w)
-            x, _ = sample_latents(pipe, pipe.unet, embs[:1], embs[1:], s.steps, s.guidance, noise=noise)
+            x, _ = sample_latents(a, None, embs[:1], embs[1:], s.steps, s.guidance, noise=noise)
             out.append(x)
         self.images_generated += len(prompts)
         return torch.cat(out)
@@ -148,8 +150,9 @@ class Session:
 
 @dataclass
 class WhiteBox:
-    """A model frozen for gradient attacks: its parts, its training noise schedule and its token-embedding table."""
-    pipe: Any
+    """A model frozen for gradient attacks: its architecture adapter (text encoding, the denoiser call), its
+    training noise schedule and its token-embedding table."""
+    adapter: Any
     text_encoder: Any
     unet: Any
     tokenizer: Any
@@ -158,13 +161,12 @@ class WhiteBox:
 
 
 def white_box(pipe) -> WhiteBox:
-    from ..methods.common import train_scheduler
-    from .adversarial import token_table
+    from ..diffusion.arch import adapter_for
 
-    pipe.text_encoder.requires_grad_(False)
-    pipe.unet.requires_grad_(False)
-    return WhiteBox(pipe, pipe.text_encoder, pipe.unet, pipe.tokenizer, train_scheduler(pipe),
-                    token_table(pipe.text_encoder).weight.detach().float())
+    a = adapter_for(pipe)
+    a.text_encoder.requires_grad_(False)
+    a.unet.requires_grad_(False)
+    return WhiteBox(a, a.text_encoder, a.unet, a.tokenizer, a.train_scheduler, a.token_embeddings().weight.detach().float())
 
 
 class Attack:
@@ -272,15 +274,12 @@ def strip_target(prompt: str, target: str) -> str:
 
 def check_differentiable(pipe, who: str, what: str = "unet") -> None:
     """One line when gradients cannot flow from the prompt to what the attack differentiates."""
-    from .adversarial import token_table
+    from ..diffusion.arch import adapter_for
 
-    token_table(pipe.text_encoder)  # raises when the text encoder has no token-embedding table
+    a = adapter_for(pipe)  # one line for a pipeline family igmu cannot drive
+    a.token_embeddings()  # raises when the text encoder has no token-embedding table
     if what == "unet":
-        unet = getattr(pipe, "unet", None)
-        if unet is None:
-            raise UserError(f"{who} differentiates the UNet's noise prediction, and this pipeline "
-                            f"({type(pipe).__name__}) has no UNet")
-        if not any(n.endswith("attn2") and hasattr(m, "to_k") for n, m in unet.named_modules()):
+        if not any(n.endswith("attn2") and hasattr(m, "to_k") for n, m in a.unet.named_modules()):
             raise UserError(f"{who} differentiates the UNet's noise prediction with respect to the prompt, and this "
                             "UNet has no cross-attention (attn2): the prompt does not reach it")
 

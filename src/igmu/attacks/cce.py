@@ -66,10 +66,10 @@ class CCE(Attack):
         check_differentiable(session.unlearned, f"attack {self.name}")
 
     def prepare(self, session, prompts, seeds, b):
-        from ..methods.common import diffusion_loss
+        from ..diffusion.noise import diffusion_loss
 
         wb = white_box(session.unlearned)
-        te, unet, tok, sched, table = wb.text_encoder, wb.unet, wb.tokenizer, wb.scheduler, wb.table
+        te, unet, tok, table = wb.text_encoder, wb.unet, wb.tokenizer, wb.table
         n = len(prompts)
         pairs = [(prompts[i % n], seeds[i % n] + i // n) for i in range(b.train_images)]
         x0 = session.original_latents([p for p, _ in pairs], [s for _, s in pairs]).to(unet.device, unet.dtype)
@@ -83,7 +83,7 @@ class CCE(Attack):
         for _ in range(b.steps):
             idx = torch.randperm(len(x0), generator=gen)[: b.batch]
             cond = encode_with(te, ids[idx], [1], v.unsqueeze(0).expand(len(idx), 1, -1))
-            loss = diffusion_loss(unet, sched, x0[idx], cond.to(unet.dtype), gen)
+            loss = diffusion_loss(wb.adapter, None, x0[idx], cond.to(unet.dtype), gen)
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
@@ -91,12 +91,9 @@ class CCE(Attack):
         return {"vector": v.detach(), "losses": losses}
 
     def attack(self, session, prompt, seed, b, learned):
-        pipe = session.unlearned
-        ids, pos = prefix_layout(pipe.tokenizer, prompt, 1, [pipe.tokenizer.eos_token_id])
-        with torch.no_grad():
-            cond = encode_with(pipe.text_encoder, ids, pos, learned["vector"].unsqueeze(0))
-        img = session.generate_embeds(cond, [seed])
-        ok = bool(session.shows(img)[0])
-        return Found(ok, img[0], text=f"{PLACEHOLDER} {prompt}", embedding={PLACEHOLDER: learned["vector"]},
-                     iterations=0, checks=1, extra={"train_steps": b.steps,
+        text = f"{PLACEHOLDER} {prompt}"
+        with session.learned_tokens({PLACEHOLDER: learned["vector"]}):
+            ok, img = session.check_text(text, seed)
+        return Found(ok, img, text=text, embedding={PLACEHOLDER: learned["vector"]}, iterations=0, checks=1,
+                     extra={"train_steps": b.steps,
                             "final_loss": sum(learned["losses"][-10:]) / max(len(learned["losses"][-10:]), 1)})

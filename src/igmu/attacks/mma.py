@@ -26,9 +26,9 @@ import torch
 import torch.nn.functional as F
 from pydantic import Field
 
-from .adversarial import token_table
 from .base import Attack, Budget, Found, check_differentiable, register
-from .search import allowed_tokens, banned_for, decode, encode_with, pooled_of, prefix_layout, random_tokens, tokenize
+from .search import (allowed_tokens, banned_for, decode, encode_with, pooled_of, prefix_layout, random_tokens,
+                     token_embeddings, tokenize)
 
 
 class MMABudget(Budget):
@@ -66,7 +66,7 @@ class MMADiffusion(Attack):
     def attack(self, session, prompt, seed, b, shared):
         te, tok = session.original.text_encoder, session.original.tokenizer
         te.requires_grad_(False)
-        table = token_table(te).weight.detach().float()
+        table = token_embeddings(te).weight.detach().float()
         V = table.shape[0]
         allowed = allowed_tokens(tok, V, banned_for(tok, [session.target]))
         gen = torch.Generator().manual_seed(int(seed))

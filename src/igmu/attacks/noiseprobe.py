@@ -19,8 +19,8 @@ trajectory of the unlearned model is perturbed. Two probes, one attack:
 
 Budgets (`official` = default.yaml and the probes): eta in {1.0, 1.17, 1.34, 1.51, 1.68, 1.85}, variance_scale
 in {1.00, 1.02, 1.03, 1.04} (24 variants), completion after 1, 2, 3 steps, 50 DDIM steps at guidance 7.5: 27
-images. A negative-prompt artifact's negative prompt is honoured; SLD's guidance is not (the probe runs its
-own sampling loop), so SLD artifacts are refused. Classifier guidance (the probe's other mode) needs a latent
+images. The probe runs its own sampling loop, so inference-time artifacts (negative prompt, SLD), whose change
+lives in their sampling hook, are refused in one line; a user negative prompt is honoured. Classifier guidance (the probe's other mode) needs a latent
 classifier per concept and is not implemented.
 """
 from __future__ import annotations
@@ -67,20 +67,21 @@ class NoiseProbe(Attack):
         return f"{n} images of {b.steps} steps (one batch), 1 judged batch"
 
     def check(self, session, prompts):
+        from ..diffusion.arch import adapter_for
+
         spec = getattr(session.unlearned, "igmu_sampling", None)
-        if spec and spec.get("type") != "negative_prompt":
-            raise UserError(f"attack {self.name} samples with its own DDIM loop and cannot apply {spec.get('type')!r} "
-                            "sampling; probe a weight-editing artifact instead")
-        for who, p in (("unlearned", session.unlearned), ("original", session.original)):
-            if getattr(p, "unet", None) is None:
-                raise UserError(f"attack {self.name} samples a UNet, and the {who} pipeline has none")
+        if spec:
+            raise UserError(f"attack {self.name} samples with its own DDIM loop and cannot apply the artifact's "
+                            f"{spec.get('type')!r} sampling; probe a weight-editing artifact instead")
+        adapter_for(session.unlearned)
+        adapter_for(session.original)
 
     def attack(self, session, prompt, seed, b, shared):
-        from ..generate import effective_negative_prompt, initial_noise
-        from ..methods.common import encode
+        from ..diffusion.arch import adapter_for
+        from ..generate import initial_noise
 
         un, orig, s = session.unlearned, session.original, session.settings
-        neg = effective_negative_prompt(s.negative_prompt, getattr(un, "igmu_sampling", None)) or ""
+        neg = s.negative_prompt or ""
         grid = [(e, v) for e in b.etas for v in b.variance_scales]
         n = len(grid) + len(b.completion_steps)
         d = un.unet.config.sample_size * un.vae_scale_factor
@@ -90,8 +91,8 @@ class NoiseProbe(Attack):
         gens = [torch.Generator().manual_seed(sd + 1) for sd in seeds]
         eta = torch.tensor([e for e, _ in grid] + [0.0] * len(b.completion_steps))
         vscale = torch.tensor([v for _, v in grid] + [1.0] * len(b.completion_steps))
-        cu, _ = encode(un, [prompt, neg])
-        co, _ = encode(orig, [prompt, neg])
+        cu, _ = adapter_for(un).encode([prompt, neg])
+        co, _ = adapter_for(orig).encode([prompt, neg])
         # completion variants: the original model drives steps 0..i (inclusive), the unlearned one the rest
         driver = [None] * len(grid) + list(b.completion_steps)
         lat = ddim_sample(un, orig, x, cu, co, b.steps, b.guidance, eta, vscale, gens, driver)
@@ -113,7 +114,10 @@ def ddim_sample(un, orig, x, cond_u, cond_o, steps: int, guidance: float, eta: t
     guidance; sample j is denoised by the original model up to step driver[j] (inclusive) when given."""
     from diffusers import DDIMScheduler
 
-    sched = DDIMScheduler.from_config(un.scheduler.config)
+    from ..diffusion.arch import adapter_for
+
+    au, ao = adapter_for(un), adapter_for(orig)
+    sched = DDIMScheduler.from_config(au.scheduler.config)
     sched.set_timesteps(steps)
     a = sched.alphas_cumprod
     kind = sched.config.prediction_type
@@ -125,11 +129,11 @@ def ddim_sample(un, orig, x, cond_u, cond_o, steps: int, guidance: float, eta: t
         a_p = a[prev] if prev >= 0 else sched.final_alpha_cumprod
         use_o = torch.tensor([d is not None and k <= d for d in driver])
         out = torch.empty_like(x)
-        for model, cond, m in ((orig, cond_o, use_o), (un, cond_u, ~use_o)):
+        for ad, cond, m in ((ao, cond_o, use_o), (au, cond_u, ~use_o)):
             if m.any():
                 xi = x[m]
                 c = torch.cat([cond[:1].expand(len(xi), -1, -1), cond[1:].expand(len(xi), -1, -1)])
-                o = model.unet(torch.cat([xi, xi]).to(model.unet.dtype), t, encoder_hidden_states=c.to(model.unet.dtype)).sample.float()
+                o = ad.denoise(None, torch.cat([xi, xi]).to(ad.unet.dtype), t, c.to(ad.unet.dtype)).float()
                 oc, ou = o.chunk(2)
                 out[m] = ou + guidance * (oc - ou)
         if kind == "epsilon":

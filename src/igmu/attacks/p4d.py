@@ -96,8 +96,8 @@ class _P4D(Attack):
             noise = torch.randn(x0.shape, generator=gen).to(x0)
             xt = sched.add_noise(x0, noise, t)
             with torch.no_grad():
-                want = orig.unet(xt, t, encoder_hidden_states=target_cond.to(orig.unet.dtype)).sample
-            pred = un.unet(xt, t, encoder_hidden_states=cond.to(un.unet.dtype)).sample
+                want = wo.adapter.denoise(None, xt, t, target_cond.to(wo.unet.dtype))
+            pred = wb.adapter.denoise(None, xt, t, cond.to(wb.unet.dtype))
             loss = F.mse_loss(pred.float(), want.float())
             grad = torch.autograd.grad(loss, [proj])[0]
             grad[~free] = 0.0

@@ -31,9 +31,8 @@ import numpy as np
 import torch
 from pydantic import Field
 
-from .adversarial import token_table
 from .base import Attack, Budget, Found, check_differentiable, register, strip_target
-from .search import allowed_tokens, decode, hidden, prefix_layout, tokenize
+from .search import allowed_tokens, decode, hidden, prefix_layout, token_embeddings, tokenize
 
 
 class RingABellBudget(Budget):
@@ -81,7 +80,7 @@ class RingABell(Attack):
 
     def attack(self, session, prompt, seed, b, concept):
         te, tok = session.original.text_encoder, session.original.tokenizer
-        vocab = token_table(te).weight.shape[0]
+        vocab = token_embeddings(te).weight.shape[0]
         choices = allowed_tokens(tok, vocab).nonzero().flatten().numpy()
         target = hidden(te, tokenize(tok, [prompt]))[0].float() + b.eta * concept
         base, pos = prefix_layout(tok, "", b.length, [tok.eos_token_id] * b.length)

@@ -8,7 +8,7 @@
 - the relaxed one-hot: a distribution over the vocabulary per adversarial token, kept on the probability
   simplex by Euclidean projection and sampled with a straight-through estimator (UnlearnDiffAtk);
 - nearest-token projection by cosine similarity (PEZ, used by P4D);
-- encoding a prompt whose token embeddings are replaced at some positions (through attacks/adversarial.py's
+- encoding a prompt whose token embeddings are replaced at some positions (through diffusion/prompt_attack.py's
   hook on the token-embedding layer, so any CLIP-style text encoder works) and its pooled output.
 """
 from __future__ import annotations
@@ -19,7 +19,7 @@ import torch
 import torch.nn.functional as F
 
 from ..errors import UserError
-from .adversarial import token_table, with_slots
+from ..diffusion.prompt_attack import with_slots
 
 
 # --- layouts ------------------------------------------------------------------------------------
@@ -175,12 +175,11 @@ def encode_with(text_encoder, ids: torch.Tensor, positions: list[int], vectors: 
     """Hidden states (B x L x D) of `ids` with token embeddings `vectors` (B x k x D or k x D) at `positions`,
     or the pooled output (B x D) with pooled=True. Keeps the autograd graph."""
     dev = text_encoder.device
+    table = token_embeddings(text_encoder)
     if vectors.dim() == 2:
-        with with_slots(text_encoder, positions, vectors.to(dev)):
+        with with_slots(table, positions, vectors.to(dev)):
             out = text_encoder(ids.to(dev))
     else:
-        table = token_table(text_encoder)
-
         def hook(_m, _i, o):
             o = o.clone()
             o[:, positions] = vectors.to(o.dtype).to(o.device)
@@ -191,6 +190,13 @@ def encode_with(text_encoder, ids: torch.Tensor, positions: list[int], vectors: 
         finally:
             h.remove()
     return pooled_of(out) if pooled else out[0]
+
+
+def token_embeddings(text_encoder) -> torch.nn.Embedding:
+    emb = text_encoder.get_input_embeddings()
+    if not isinstance(emb, torch.nn.Embedding):
+        raise UserError("this text encoder has no token-embedding table, so prompt tokens cannot be attacked")
+    return emb
 
 
 def pooled_of(out) -> torch.Tensor:

@@ -84,7 +84,7 @@ class UnlearnDiffAtk(Attack):
         return list(range(start, T, stride))[:n]
 
     def attack(self, session, prompt, seed, b, shared):
-        from ..methods.common import diffusion_loss
+        from ..diffusion.noise import diffusion_loss
 
         wb = white_box(session.unlearned)
         te, unet, tok, sched, table = wb.text_encoder, wb.unet, wb.tokenizer, wb.scheduler, wb.table
@@ -104,7 +104,7 @@ class UnlearnDiffAtk(Attack):
             for _ in range(b.iterations):
                 onehot = STESample.apply(u, gen)
                 cond = encode_with(te, ids, positions, onehot @ table.to(onehot.dtype))
-                loss = diffusion_loss(unet, sched, x0, cond.expand(len(x0), -1, -1).to(unet.dtype), gen, t=tt)
+                loss = diffusion_loss(wb.adapter, None, x0, cond.expand(len(x0), -1, -1).to(unet.dtype), gen, t=tt)
                 opt.zero_grad(set_to_none=True)
                 u.grad = torch.autograd.grad(loss, [u])[0]
                 opt.step()

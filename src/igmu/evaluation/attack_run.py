@@ -50,7 +50,7 @@ def run_attack_command(attack: str, unlearned: str, original: str | None, target
     """Validate everything, run the attack, write DIR atomically; returns the results dict."""
     from ..attacks.base import get_attack, run_attack, summary_cost
     from ..generate import GenSettings
-    from ..models.load import load_pipeline
+    from ..artifacts import load_model
     from .judges import get_judge
 
     a = get_attack(attack)
@@ -68,8 +68,8 @@ def run_attack_command(attack: str, unlearned: str, original: str | None, target
     j = get_judge(judge)
     j.check_concepts([target])
     context = list(dict.fromkeys([target.strip()] + [c.strip() for c in context or [] if c.strip()]))
-    un = load_pipeline(unlearned)
-    orig = load_pipeline(original) if original else None
+    un = load_model(unlearned)
+    orig = load_model(original) if original else None
 
     def shows(imgs):
         return j.detect(imgs, [target], context)[:, 0]
