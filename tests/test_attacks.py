@@ -138,10 +138,12 @@ def test_calls_an_attack_cannot_serve_fail_in_one_line(uce_pair, plain_unet_mode
             run_attack(name, plain, orig, "circle", [PROMPT], [0], "tiny", never, FAST)
 
 
-def test_attack_command(uce_pair, tiny_sd1, tmp_path):
-    art = uce_pair["sd1"][2]
+def test_attack_command(tmp_path):
+    from igmu.erase import run_erase
+
+    art = run_erase("mini", "uce", ["circle"], None, [], None, [], tmp_path / "uce")  # the mini judge sees mini images
     out = tmp_path / "atk"
-    r = cli("attack", "--attack", "cce", "--unlearned", str(art), "--original", str(tiny_sd1), "--prompt", PROMPT,
+    r = cli("attack", "--attack", "cce", "--unlearned", str(art), "--original", "mini", "--prompt", PROMPT,
             "--prompt", "a blue circle", "--target", "circle", "--budget", "tiny", "--steps", "2", "--out", str(out))
     assert r.returncode == 0, r.stderr
     doc = json.loads((out / "results.json").read_text())
