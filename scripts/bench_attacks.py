@@ -96,6 +96,29 @@ def run_cell(path: Path, attack: str, budget: str, unlearned: str, task_name: st
     return out
 
 
+def _busy(path: Path) -> bool:
+    """A live process of this script has claimed the cell (parallel runs split the table without repeating it)."""
+    f = path.parent / f".{path.name}.claim"
+    try:
+        os.kill(int(f.read_text()), 0)
+        return True
+    except (OSError, ValueError):
+        return False
+
+
+class _claim:
+    def __init__(self, path: Path):
+        self.f = path.parent / f".{path.name}.claim"
+
+    def __enter__(self):
+        self.f.parent.mkdir(parents=True, exist_ok=True)
+        self.f.write_text(str(os.getpid()))
+
+    def __exit__(self, *exc):
+        self.f.unlink(missing_ok=True)
+        return False
+
+
 def erase(label: str, method: str, sets: list[str], task_name: str) -> str:
     from igmu.tasks import load_task
 
@@ -116,16 +139,19 @@ def cmd_table(a):
     tasks = a.tasks.split(",") if a.tasks else TASKS
     cells = [(atk, "fast", t) for t in tasks for atk in ATTACKS] + [x for x in EXTRA if x[2] in tasks]
     pipes: dict = {}
-    for label, method, sets in METHODS:
+    for label, method, sets in (METHODS[::-1] if a.reverse else METHODS):
         if a.methods and label not in a.methods.split(","):
             continue
         for atk, budget, t in cells:
             if a.attacks and atk not in a.attacks.split(","):
                 continue
-            art = erase(label, method, sets, t)
             path = OUT / "cells" / t / label / f"{atk}-{budget}"
             done = (path / "cell.json").is_file()
-            c = run_cell(path, atk, budget, art, t, pipes)
+            if not done and _busy(path):
+                continue  # another process of this script is on it
+            art = erase(label, method, sets, t)
+            with _claim(path):
+                c = run_cell(path, atk, budget, art, t, pipes)
             if not done:
                 print(f"{t:14s} {label:11s} {atk:15s} {budget:8s} ASR {c['asr']['value']:.0%} "
                       f"(no attack {c['asr_no_attack']['value']:.0%}) {c['cost']['seconds_per_prompt']:.1f} s/prompt",
@@ -330,6 +356,7 @@ def main():
     ap.add_argument("--methods", default="", help="subset of: " + ",".join(m[0] for m in METHODS))
     ap.add_argument("--attacks", default="", help="subset of: " + ",".join(ATTACKS))
     ap.add_argument("--tasks", default="", help="table: subset of: " + ",".join(TASKS))
+    ap.add_argument("--reverse", action="store_true", help="table: methods in reverse order (a second process)")
     ap.add_argument("--budgets", default="tiny,fast,official", help="cost: budgets to time")
     ap.add_argument("--prompts", type=int, default=2, help="cost: prompts per (attack, budget)")
     ap.add_argument("--write", default="", help="report: rewrite the generated block of this Markdown file")
