@@ -132,6 +132,11 @@ def test_calls_an_attack_cannot_serve_fail_in_one_line(uce_pair, plain_unet_mode
         run_attack("cce", un, orig, "circle", [PROMPT], [0], "huge", never, FAST)
     with pytest.raises(UserError, match="unknown attack"):
         run_attack("nope", un, orig, "circle", [PROMPT], [0], "tiny", never, FAST)
+    from igmu.models.tiny import make_tiny_pipeline
+
+    xl = make_tiny_pipeline("sdxl")
+    with pytest.raises(UserError, match="has not been ported to SDXL yet"):
+        run_attack("ringabell", xl, xl, "circle", [PROMPT], [0], "tiny", never, FAST)
     plain = load_model(str(plain_unet_model))
     for name in ("unlearndiffatk", "p4d-k", "cce"):
         with pytest.raises(UserError, match="no cross-attention"):

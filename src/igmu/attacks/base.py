@@ -179,6 +179,21 @@ class Attack:
     needs_target_in_prompt: ClassVar[bool] = False
     Budget: ClassVar[type[Budget]] = Budget
     budgets: ClassVar[dict[str, dict]] = {}  # official / fast / tiny
+    # Architecture support by adapter family (diffusion.arch.FAMILIES), as for methods: None = supported and
+    # tested on a tiny pipeline of that family; a family not listed has not been ported yet.
+    architectures: ClassVar[dict[str, str | None]] = {"sd": None}
+
+    def check_architecture(self, pipe, role: str) -> None:
+        """One line when this attack refuses, or has not been ported to, the family of the `role` model."""
+        from ..diffusion.arch import FAMILIES, adapter_for
+
+        a = adapter_for(pipe)
+        if a.family not in self.architectures:
+            runs = ", ".join(FAMILIES[f] for f, why in self.architectures.items() if why is None)
+            raise UserError(f"attack {self.name} has not been ported to {a.label} yet (the {role} model is {a.label}; "
+                            f"it runs on {runs})")
+        if self.architectures[a.family] is not None:
+            raise UserError(f"attack {self.name} does not support {a.label}: {self.architectures[a.family]}")
 
     def budget(self, name: str, kind: str | None = None) -> Budget:
         """The named preset, validated (a preset may depend on the concept kind, e.g. k tokens for nudity)."""
@@ -314,6 +329,9 @@ def run_attack(name: str, unlearned, original, target: str, prompts: list[str], 
             raise UserError(f"attack {name} edits the target inside the prompt, and the prompt {missing[0]!r} "
                             f"does not contain the target {target!r}")
     session = Session(unlearned, original, target, shows, settings, seed, kind)
+    attack.check_architecture(unlearned, "unlearned")
+    if original is not None:
+        attack.check_architecture(original, "original")
     attack.check(session, prompts)
     for p in prompts:
         n = len(unlearned.tokenizer(p).input_ids)
