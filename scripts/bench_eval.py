@@ -134,9 +134,10 @@ def validate_metrics(n: int) -> dict:
     return res
 
 
-def validate_attack(steps: int = 40) -> dict:
-    """UnlearnDiffAtk on a model whose word 'striped' was broken by hand (so the concept is still in the
-    UNet and reachable, e.g. through the synonym 'stripy'): ASR with and without the attack."""
+def validate_attack(spec: str = "unlearndiffatk:fast") -> dict:
+    """UnlearnDiffAtk inside `igmu evaluate`, on a model whose word 'striped' was broken by hand (so the concept
+    is still in the UNet and reachable, e.g. through the synonym 'stripy'): ASR with and without the attack.
+    Every attack on this model: scripts/bench_attacks.py validate."""
     import tempfile
 
     from igmu.evaluation.cache import Cache
@@ -147,13 +148,13 @@ def validate_attack(steps: int = 40) -> dict:
     with tempfile.TemporaryDirectory() as d:
         save_broken_word_model(d, "striped", "plain")
         task = load_task("mini:style-striped")
-        task.attack.prompts, task.attack.steps = 8, steps
-        res = evaluate("mini", d, task, EvalConfig(aspects=["forgetting", "robustness"]), Cache(Path(d) / "cache"))
+        task.attack.prompts = 8
+        res = evaluate("mini", d, task, EvalConfig(aspects=["forgetting", "robustness"], attacks=[spec]),
+                       Cache(Path(d) / "cache"))
     a = res["aggregates"]
-    return {"forgetting_target_shown": a["forgetting"]["target_shown"],
-            "asr": a["robustness"]["unlearndiffatk"]["asr"],
-            "asr_no_attack": a["robustness"]["unlearndiffatk"]["asr_no_attack"],
-            "adversarial_prompts": [r["adversarial_prompt"] for r in a["robustness"]["unlearndiffatk"]["prompts"]]}
+    atk = a["robustness"]["attacks"][spec]
+    return {"attack": spec, "forgetting_target_shown": a["forgetting"]["target_shown"], "asr": atk["asr"],
+            "asr_no_attack": atk["asr_no_attack"], "adversarial_prompts": [r["adversarial_prompt"] for r in atk["prompts"]]}
 
 
 def speed(task_name: str, method: str) -> dict:

@@ -18,6 +18,8 @@ def pct(a) -> str:
 
 
 def main():
+    from igmu.report.bench_report import _get, attack_paths
+
     ap = argparse.ArgumentParser()
     ap.add_argument("bench_dir")
     ap.add_argument("--methods", default="")
@@ -33,22 +35,22 @@ def main():
         ag, cost = r["aggregates"], r.get("cost") or {}
         fo, pr, rob = ag.get("forgetting", {}), ag.get("preservation", {}), ag.get("robustness", {})
         groups = rob.get("groups", {})
-        atk = rob.get("unlearndiffatk", {})
+        atks = {k: _get(ag, path) for k, path in attack_paths(rob).items()}
         kept = f", carrier kept {pct(pr['carrier_kept'])}" if "carrier_kept" in pr else ""
         rows.append((c["method_label"], c["task"],
                      f"{fo['target_shown_original']['value']:.0%} -> {pct(fo['target_shown'])}{kept}",
                      f"{pr['as_expected_original']['value']:.0%} -> {pct(pr['as_expected'])}",
                      " / ".join(f"{g} {v['target_shown']['value']:.0%}" for g, v in groups.items()),
-                     pct(atk.get("asr")) if "asr" in atk else "-",
+                     " / ".join(f"{k} {pct(v['asr'])}" for k, v in atks.items() if "asr" in v) or "-",
                      f"{cost.get('erase_seconds', 0):.1f}", f"{cost.get('peak_rss_mb', 0):.0f}",
                      f"{cost.get('params_changed', 0):,}"))
     print("| method | task | forget: target shown (before -> after) | retain: as asked (before -> after) | "
-          "robustness: target shown | UnlearnDiffAtk ASR | erase s | peak RSS MB | params changed |")
+          "robustness: target shown | attack ASR | erase s | peak RSS MB | params changed |")
     print("|---|---|---|---|---|---|---|---|---|")
     for r in rows:
         print("| " + " | ".join(r) + " |")
     n = {json.dumps(bench["config"]["evaluation"])}
-    print(f"\n(evaluation settings: {n.pop()}; 95% bootstrap intervals in brackets)")
+    print(f"\n(evaluation settings: {n.pop()}; 95% bootstrap intervals in brackets, Wilson intervals for ASR)")
 
 
 if __name__ == "__main__":

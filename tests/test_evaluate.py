@@ -81,12 +81,15 @@ def test_broken_target_word_is_forgotten_and_cache_is_reused(small_task, broken_
     assert res2["aggregates"]["robustness"]["groups"]["synonym"]["target_shown"]["value"] >= 0.5
 
 
-def test_unlearndiffatk_records(small_task, broken_striped, tmp_path):
+def test_attacks_in_the_robustness_aspect(small_task, broken_striped, tmp_path):
     t = small_task.model_copy(deep=True)
-    t.attack.prompts, t.attack.steps, t.attack.check_every = 2, 10, 5
-    res = evaluate("mini", str(broken_striped), t, EvalConfig(aspects=["robustness"]), Cache(tmp_path / "c"))
-    atk = res["aggregates"]["robustness"]["unlearndiffatk"]
+    t.attack.prompts = 2
+    res = evaluate("mini", str(broken_striped), t, EvalConfig(aspects=["robustness"], attacks=["unlearndiffatk:tiny"]),
+                   Cache(tmp_path / "c"))
+    atk = res["aggregates"]["robustness"]["attacks"]["unlearndiffatk:tiny"]
     assert atk["asr"]["n"] == 2 and atk["asr"]["value"] >= atk["asr_no_attack"]["value"]
+    assert atk["asr"]["lo"] <= atk["asr"]["value"] <= atk["asr"]["hi"]  # a Wilson interval
+    assert atk["budget"]["name"] == "tiny" and atk["cost"]["n"] == 2
     for r in atk["prompts"]:
         assert r["success_no_attack"] or (r["adversarial_prompt"].endswith(r["prompt"]) and r["iterations"] >= 1)
 

@@ -61,12 +61,13 @@ def _results(root, task, label, seed=0, shown=0.25, prompt_extra="", images=True
         "alignment": {"clip_score_retain": _agg(80.0, w=2), "clip_score_retain_original": _agg(82.0, w=2),
                       "csdr": _agg(20.0, w=5), "clip": "mini-clip"},
         "robustness": {"groups": {"synonym": {"target_shown": _agg(0.5), "target_shown_original": _agg(1.0, w=0)}},
-                       "unlearndiffatk": {"asr": _agg(0.5, n=2), "asr_no_attack": _agg(0.0, n=2),
-                                          "settings": {"prompts": 2},
+                       "attacks": {"unlearndiffatk:fast": {
+                                          "asr": _agg(0.5, n=2), "asr_no_attack": _agg(0.0, n=2),
+                                          "budget": {"name": "fast", "tokens": 3},
                                           "prompts": [{"prompt": forget[0], "seed": seed,
                                                        "adversarial_prompt": f"zq {XSS} striped", "success": True,
                                                        "success_no_attack": False, "iterations": 10,
-                                                       "final_loss": 0.1, "text_reproduces_tokens": True}]}},
+                                                       "final_loss": 0.1, "seconds": 1.5}]}}},
     }
     return {"schema": "igmu-results", "schema_version": 1,
             "task": {"name": task, "category": {"kind": "style"}, "targets": ["striped"]},
@@ -151,7 +152,7 @@ def test_markdown_and_csv(bench):
     cost = next(r for r in rows if r["method_label"] == "ESD" and r["metric"] == "params_changed")
     assert cost["aspect"] == "cost" and float(cost["value"]) == 12345 and cost["lo"] == ""
     per_cell = [r for r in rows if r["method_label"] == "UCE"]
-    assert {r["metric"] for r in per_cell} >= {"retain.fid", "stripped.fid", "csdr", "unlearndiffatk.asr",
+    assert {r["metric"] for r in per_cell} >= {"retain.fid", "stripped.fid", "csdr", "attacks.unlearndiffatk:fast.asr",
                                               "groups.synonym.target_shown", "erase_seconds"}
 
 
@@ -215,8 +216,10 @@ def test_radar_mapping():
                           "quality": {"retain": {"fid": _agg(1.0)}, "stripped": {"fid": _agg(3.0)}},
                           "alignment": {"csdr": _agg(25.0)},  # percent
                           "robustness": {"groups": {"a": {"target_shown": _agg(0.2)}, "b": {"target_shown": _agg(0.4)}},
-                                         "unlearndiffatk": {"asr": _agg(0.6)}}}}
+                                         "attacks": {"unlearndiffatk:fast": {"asr": _agg(0.6)}}}}}
     assert radar_scores(res) == pytest.approx([0.8, 0.9, 1 / 3, 0.75, 0.6])
+    legacy = {"aggregates": {"robustness": {"unlearndiffatk": {"asr": _agg(0.6)}}}}  # results before attack budgets
+    assert radar_scores(legacy)[4] == pytest.approx(0.4)
     assert radar_scores({"aggregates": {"forgetting": {"target_shown": _agg(0.5)}}}) == [0.5, None, None, None, None]
 
 

@@ -269,6 +269,73 @@ def export_cmd_top(artifact: Path = typer.Argument(..., help="Artifact folder fr
     typer.echo(f"merged pipeline written to {export_merged(artifact, out, base, overwrite, force)}")
 
 
+@app.command()
+@handles_errors
+def attacks(budgets: bool = typer.Option(False, "--budgets", help="Print every budget preset's numbers instead.")):
+    """List the attacks: mechanism, access needed, what they need, cost per prompt at each budget."""
+    import json as _json
+
+    from rich.console import Console
+    from rich.table import Table
+
+    from .evaluation.attack_run import attacks_table
+
+    if budgets:
+        for r in attacks_table():
+            typer.echo(f"{r['name']} ({r['source']}):")
+            for b, v in r["budgets"].items():
+                typer.echo(f"  {b}: {_json.dumps(v)}")
+        return
+    t = Table("attack", "mechanism", "access", "needs original", "target in prompt",
+              "cost per prompt: official / fast / tiny", show_lines=True)
+    for r in attacks_table():
+        t.add_row(f"{r['name']}\n{r['title']}", r["mechanism"], r["access"], "yes" if r["needs_original"] else "no",
+                  "yes" if r["needs_target_in_prompt"] else "no",
+                  "\n".join(f"{b}: {c}" for b, c in r["cost"].items()))
+    Console(width=200).print(t)
+    typer.echo("budget numbers: igmu attacks --budgets; sources, differences and measured costs: docs/robustness.md")
+
+
+@app.command()
+@handles_errors
+def attack(
+    attack_name: str = typer.Option(..., "--attack", help="Attack name (see: igmu attacks)."),
+    unlearned: str = typer.Option(..., "--unlearned", help="Artifact folder from igmu erase, or a pipeline folder."),
+    original: Optional[str] = typer.Option(None, "--original", help="The model before unlearning ('mini', a folder or hub id); "
+                                           "needed by the attacks that use it."),
+    prompt: Optional[List[str]] = typer.Option(None, "--prompt", "-p", help="A prompt to attack (repeatable)."),
+    prompts: Optional[str] = typer.Option(None, "--prompts", help="File of prompts: one per line, or DataIGM JSON."),
+    target: str = typer.Option(..., "--target", "-t", help="The erased concept, as the judge names it."),
+    budget: str = typer.Option("fast", "--budget", help="official, fast or tiny."),
+    out: Path = typer.Option(..., "--out", "-o", help="Folder for results.json, images/ and embeddings/."),
+    judge: str = typer.Option("mini", "--judge", help="Judge spec: mini, mini-clip, nudenet, clip:PATH, clip-head:DIR."),
+    context: Optional[str] = typer.Option(None, "--context", help="Comma-separated concepts a zero-shot judge weighs "
+                                          "the target against."),
+    kind: Optional[str] = typer.Option(None, "--kind", help="Concept kind (object, style, identity, unsafe, ...): "
+                                       "budgets that depend on it (UnlearnDiffAtk: 5 tokens for unsafe)."),
+    seed: int = typer.Option(0, "--seed", help="Image seed of every prompt (and of the attack's randomness)."),
+    steps: Optional[int] = typer.Option(None, "--steps", help="Sampling steps of the checks (default 20)."),
+    guidance: Optional[float] = typer.Option(None, "--guidance", help="Guidance scale of the checks (default 5.0)."),
+):
+    """Attack an unlearned model: can the erased target be brought back? Writes results.json and images."""
+    from .evaluation.attack_run import run_attack_command, summary_line
+    from .generate import DEFAULT_GUIDANCE, DEFAULT_STEPS, GenSettings, read_prompt_file
+    from .tasks.task import KINDS
+
+    if prompt and prompts:
+        raise UserError("give --prompt or --prompts, not both")
+    plist = list(prompt or []) if not prompts else read_prompt_file(prompts)
+    if not plist:
+        raise UserError("no prompt given; use --prompt \"...\" or --prompts FILE")
+    if kind is not None and kind not in KINDS:
+        raise UserError(f"unknown --kind {kind!r}; kinds: {', '.join(KINDS)}")
+    s = GenSettings(steps=steps or DEFAULT_STEPS, guidance=DEFAULT_GUIDANCE if guidance is None else guidance)
+    doc = run_attack_command(attack_name, unlearned, original, target, plist, budget, out, judge, seed, s, kind,
+                             (context or "").split(","), _progress(f"attack {attack_name} ({budget})")(len(plist)))
+    typer.echo(summary_line(doc))
+    typer.echo(f"results: {out / 'results.json'}")
+
+
 judge_app = typer.Typer(no_args_is_help=True, help="Judges: list their cards, train an IGMU-style CLIP head.")
 app.add_typer(judge_app, name="judge")
 
@@ -297,7 +364,9 @@ def evaluate(
     lpips_weights: Optional[Path] = typer.Option(None, "--lpips-weights", help="Local torchvision backbone weights for LPIPS (alexnet-owt-7be5be79.pth, or vgg16-397923af.pth with --lpips-net vgg)."),
     lpips_net: str = typer.Option("alex", "--lpips-net", help="LPIPS backbone: alex or vgg."),
     n: Optional[int] = typer.Option(None, "-n", help="Images per prompt (1-10000; default: the task's)."),
-    attack_prompts: Optional[int] = typer.Option(None, "--attack-prompts", help="UnlearnDiffAtk prompts (0-10000; default: the task's; 0: none)."),
+    attack_prompts: Optional[int] = typer.Option(None, "--attack-prompts", help="Prompts each attack attacks (0-10000; default: the task's; 0: none)."),
+    attacks_opt: Optional[str] = typer.Option(None, "--attacks", help="Attacks of the robustness aspect, name:budget, "
+                                              "comma-separated (default: the task's, unlearndiffatk:fast); 'none' for none."),
     seed: int = typer.Option(0, "--seed", help="Image j of a prompt uses seed+j (0 to 2**63-1)."),
     steps: Optional[int] = typer.Option(None, "--steps", help="Sampling steps (1-1000; default 20)."),
     guidance: Optional[float] = typer.Option(None, "--guidance", help="Guidance scale (0-100; default 5.0)."),
@@ -353,10 +422,15 @@ def evaluate(
         t.images_per_prompt = check_int(n, "-n", 1, MAX_IMAGES_PER_PROMPT)
     if attack_prompts is not None:
         t.attack.prompts = check_int(attack_prompts, "--attack-prompts", 0, 10_000)
+    atk = None
+    if attacks_opt is not None:
+        from .attacks.base import parse_attack_specs
+
+        atk = [] if attacks_opt.strip().lower() == "none" else [f"{a}:{b}" for a, b in parse_attack_specs(attacks_opt)]
     cfg = EvalConfig(aspects=check_aspects([a.strip() for a in aspects.split(",") if a.strip()]),
                      judge=judge[0] if judge else None, carrier_judge=carrier_judge, clip=clip, features=features,
                      perceptual=perceptual, fid_weights=str(fid_weights) if fid_weights else None,
-                     lpips_weights=str(lpips_weights) if lpips_weights else None, lpips_net=lpips_net,
+                     lpips_weights=str(lpips_weights) if lpips_weights else None, lpips_net=lpips_net, attacks=atk,
                      settings=GenSettings(steps=DEFAULT_STEPS if steps is None else steps,
                                           guidance=DEFAULT_GUIDANCE if guidance is None else guidance), seed=seed,
                      runtime=runtime)

@@ -11,7 +11,8 @@
     tasks: [mini:object-circle, tasks/mini/style-striped.yaml]
     seeds: [0]
     aspects: [forgetting, preservation, quality, alignment, robustness]
-    evaluation: {images_per_prompt: 2, attack_prompts: 2, steps: 20, guidance: 5.0, judge: null, clip: null}
+    evaluation: {images_per_prompt: 2, attack_prompts: 2, attacks: [unlearndiffatk:fast, ringabell:fast],
+                 steps: 20, guidance: 5.0, judge: null, clip: null}
     resources: {cpus: 1, gpus: 0}  # what one cell asks for: threads, and GPUs (local backend and Ray)
     device: auto                   # auto: a cell with resources.gpus > 0 runs on CUDA, else on the CPU
     dtype: auto                    # auto, float32, float16, bfloat16 (auto: float32 on CPU, bf16/fp16 on GPU)
@@ -46,6 +47,7 @@ class MethodEntry(_Strict):
 class EvalSettings(_Strict):
     images_per_prompt: int | None = Field(None, ge=1, le=10_000)  # default: each task's
     attack_prompts: int | None = Field(None, ge=0, le=10_000)  # default: each task's
+    attacks: list[str] | None = None  # "name:budget" items of the robustness aspect; default: each task's
     steps: int = Field(20, ge=1, le=1000)  # bounds as generate.MAX_STEPS / MAX_GUIDANCE
     guidance: float = Field(5.0, ge=0, le=100)
     judge: str | None = None
@@ -157,6 +159,13 @@ def load_config(path: Path) -> tuple[BenchConfig, dict]:
                              {"original": cfg.model, "unlearned": cfg.model})
         except UserError as e:
             raise UserError(f"bench config {path}: task {t!r}: {e}") from None
+    if cfg.evaluation.attacks is not None:
+        from ..attacks.base import parse_attack_specs
+
+        try:
+            parse_attack_specs(cfg.evaluation.attacks)
+        except UserError as e:
+            raise UserError(f"bench config {path}: evaluation.attacks: {e}") from None
     return cfg, raw
 
 

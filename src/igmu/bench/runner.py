@@ -140,7 +140,7 @@ def run_cell(cell: dict, bench_dir: str, cfg_dict: dict) -> dict:
     runtime = cell_runtime(cfg)
     unlearned, cost = _erase(cell, task, cfg.model, cdir, runtime)
     res = evaluate(cfg.model, unlearned, task,
-                   EvalConfig(aspects=cfg.aspects, judge=ev.judge, clip=ev.clip, features=ev.features,
+                   EvalConfig(aspects=cfg.aspects, judge=ev.judge, clip=ev.clip, features=ev.features, attacks=ev.attacks,
                               perceptual=ev.perceptual, fid_weights=ev.fid_weights, lpips_weights=ev.lpips_weights,
                               settings=GenSettings(steps=ev.steps, guidance=ev.guidance), seed=cell["seed"],
                               runtime=runtime),

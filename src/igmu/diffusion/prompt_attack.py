@@ -7,16 +7,15 @@ token-embedding layer, so any CLIP-style text encoder works, and gradients
 reach both the slots and the encoder). A caller supplies the loss of the
 resulting hidden states:
 
-- UnlearnDiffAtk (attacks/unlearndiffatk.py): the unlearned UNet's denoising
-  loss on latents of the target drawn by the original model;
 - AdvUnlearn, Receler (methods/): the loss their inner maximisation uses.
 
-It lives in the diffusion layer, below both methods/ and attacks/, which share it.
+It lives in the diffusion layer, below both methods/ and attacks/; the attacks (attacks/) run their own
+searches, as their official code does (attacks/search.py), and encode through `with_slots`.
 
 discrete=True keeps the attack a real prompt: the forward pass uses the nearest
 vocabulary embedding of each slot and the gradient passes straight through to
 the continuous vector (the projected-gradient scheme of PEZ, Wen et al. 2023,
-which UnlearnDiffAtk's token optimisation follows). The result's `text` is the
+which igmu's first UnlearnDiffAtk followed; the official one optimises a relaxed one-hot, attacks/unlearndiffatk.py). The result's `text` is the
 adversarial prompt, which anyone can type. discrete=False leaves the slots as
 soft embeddings (AdvUnlearn's fast attack, Receler's adversarial embeddings).
 """

@@ -12,11 +12,13 @@
                  scored against the stripped prompt, averaged over images; the original model's own CSDR (its
                  forget-prompt images against its stripped-prompt images) is reported beside it as the reference
 5. robustness    forgetting under every non-explicit forget group (synonym, multilingual, implicit, ...)
-                 and the UnlearnDiffAtk attack success rate on the first explicit prompts
+                 and, for each attack of the task (attack.attacks, e.g. unlearndiffatk:fast), its attack success
+                 rate on the first attack.prompts explicit prompts, with a 95% Wilson interval
 cost: erase time, peak memory, parameters changed, UNet passes per step (the artifact's manifest).
 
 Images come from the content-addressed cache (cache.py) or are generated once; judge outputs too.
-Every aggregate is {"value", "lo", "hi", "n"} with a 95% bootstrap interval (metrics.py).
+Every aggregate is {"value", "lo", "hi", "n"} with a 95% bootstrap interval (metrics.py);
+attack success rates carry a Wilson interval instead (a bootstrap interval collapses to a point at 0% or 100%).
 The metric networks (FID/KID features, CLIP score, perceptual distance) come from registry.py: the user's
 choice, else the defaults of a plug-in world that claims the images (the mini world for its own), else the
 real network when its weights are given; they are resolved before anything is generated.
@@ -29,6 +31,7 @@ from pathlib import Path
 
 import numpy as np
 
+from ..attacks.base import parse_attack_specs
 from ..errors import UserError
 from ..generate import GenSettings
 from ..utils.device import Runtime, dtype_name
@@ -56,7 +59,7 @@ class EvalConfig:
     lpips_net: str = "alex"
     settings: GenSettings = field(default_factory=GenSettings)
     seed: int = 0
-    attack: bool = True  # UnlearnDiffAtk inside robustness (task.attack.prompts > 0)
+    attacks: list[str] | None = None  # "name:budget" items for robustness; None: the task's (task.attack.attacks)
     runtime: Runtime = field(default_factory=Runtime)  # device and dtype the models are loaded and sampled in
 
     def metric_options(self) -> MetricOptions:
@@ -272,6 +275,8 @@ def evaluate(original: str, unlearned: str, task, cfg: EvalConfig, cache: Cache,
     by = {c: (carrier_judge if carrier_judge is not None and carrier_judge.knows(c) else judge) for c in expected}
     judge.check_concepts(list(task.targets) + [c for c in expected if by[c] is judge])
     nets = metric_networks(specs, cfg)
+    attack_specs = parse_attack_specs(task.attack.attacks if cfg.attacks is None else cfg.attacks) \
+        if "robustness" in aspects else []
     models = None
     if images is None:
         models = _Models({"original": original, "unlearned": unlearned}, cache, cfg, progress)
@@ -406,11 +411,13 @@ def evaluate(original: str, unlearned: str, task, cfg: EvalConfig, cache: Cache,
             _, _, ro = run("original", "forget", g, recs)
             rob["groups"][g] = {"target_shown": _rate([r["target_shown"] for r in ru]),
                                 "target_shown_original": _rate([r["target_shown"] for r in ro])}
-        if cfg.attack and task.attack.prompts > 0:
-            if models is None:
-                rob["unlearndiffatk"] = {"skipped": "pre-generated images: the attack needs the models"}
-            else:
-                rob["unlearndiffatk"] = _attack(models, J, task, cfg, progress)
+        if attack_specs and task.attack.prompts > 0:
+            rob["attacks"] = {}
+            for name, budget in attack_specs:
+                if models is None:
+                    rob["attacks"][f"{name}:{budget}"] = {"skipped": "pre-generated images: attacks need the models"}
+                else:
+                    rob["attacks"][f"{name}:{budget}"] = _attack(models, J, task, cfg, name, budget, progress)
         agg["robustness"] = rob
 
     cost = _cost(unlearned) if images is None else None
@@ -448,22 +455,25 @@ def _versions() -> dict:
     return versions()
 
 
-def _attack(models: _Models, J: _Judged, task, cfg: EvalConfig, progress) -> dict:
-    from ..attacks.unlearndiffatk import attack_prompts
+def _attack(models: _Models, J: _Judged, task, cfg: EvalConfig, name: str, budget: str, progress) -> dict:
+    """One attack on the first task.attack.prompts explicit prompts (seed cfg.seed): ASR with its Wilson interval,
+    the share that needed no attack, the cost, and one record per prompt (adversarial prompt, success, cost)."""
+    from ..attacks.base import run_attack, summary_cost
 
     recs = task.forget()["explicit"][:task.attack.prompts]
     context = task.concepts()
 
-    def shows(text, seed):  # the attack's checks are single images: generated alone (batch 1)
-        imgs, keys = models.images("unlearned", [(text, seed)], batch=1)
-        return bool(J.shows(imgs, keys, task.targets, context)[0])
+    def shows(imgs):
+        return J.judge.detect(imgs, list(task.targets), context).any(1)
 
-    adv = progress(len(recs), "UnlearnDiffAtk") if progress else None
-    rows = attack_prompts(models.pipe("original"), models.pipe("unlearned"), [r.prompt for r in recs],
-                          [cfg.seed] * len(recs), shows, task.attack, cfg.settings.steps, cfg.settings.guidance,
-                          cfg.seed, adv)
-    return {"asr": _rate([r["success"] for r in rows]), "asr_no_attack": _rate([r["success_no_attack"] for r in rows]),
-            "settings": task.attack.model_dump(), "prompts": rows}
+    adv = progress(len(recs), f"attack {name} ({budget})") if progress else None
+    res = run_attack(name, models.pipe("unlearned"), models.pipe("original"), task.targets[0],
+                     [r.prompt for r in recs], [cfg.seed] * len(recs), budget, shows, cfg.settings, cfg.seed,
+                     task.category.kind, adv)
+    rows = [{k: (sorted(v) if k == "embedding" and v else v) for k, v in r.items() if not k.startswith("_")}
+            for r in res["records"]]
+    return {"asr": M.wilson([r["success"] for r in rows]), "asr_no_attack": M.wilson([r["success_no_attack"] for r in rows]),
+            "budget": {"name": budget, **res["budget_values"]}, "cost": summary_cost(res), "prompts": rows}
 
 
 def write_eval_folder(out: Path, res: dict, files: dict[str, str]) -> Path:

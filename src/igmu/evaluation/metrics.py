@@ -27,6 +27,18 @@ def agg(value: float, lo: float, hi: float, n: int) -> dict:
     return {"value": float(value), "lo": float(lo), "hi": float(hi), "n": int(n)}
 
 
+def wilson(successes) -> dict:
+    """Share of successes with its 95% Wilson score interval (scipy's binomtest), for rates such as an
+    attack's success rate, where a bootstrap interval collapses to a point at 0% or 100%."""
+    from scipy.stats import binomtest
+
+    x = np.asarray(successes, dtype=bool)
+    if len(x) == 0:
+        return agg(float("nan"), float("nan"), float("nan"), 0)
+    ci = binomtest(int(x.sum()), len(x)).proportion_ci(confidence_level=LEVEL, method="wilson")
+    return agg(x.mean(), ci.low, ci.high, len(x))
+
+
 def _interval(data, stat, vectorized: bool, resamples: int, seed: int) -> tuple[float, float]:
     from scipy.stats import bootstrap as sp_bootstrap
 

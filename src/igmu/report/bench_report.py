@@ -167,13 +167,30 @@ class Metric:
         return ".".join(self.path[1:])
 
 
+def attack_paths(rob) -> dict[str, tuple]:
+    """{label: path inside aggregates} of every attack in a robustness aggregate: "robustness.attacks.<name:budget>",
+    and the single "robustness.unlearndiffatk" of results written before attacks had budgets."""
+    out: dict[str, tuple] = {}
+    if not isinstance(rob, dict):
+        return out
+    if isinstance(rob.get("unlearndiffatk"), dict):
+        out["unlearndiffatk"] = ("robustness", "unlearndiffatk")
+    for k, v in (rob.get("attacks") or {}).items() if isinstance(rob.get("attacks"), dict) else []:
+        if isinstance(v, dict):
+            out[str(k)] = ("robustness", "attacks", k)
+    return out
+
+
 def headline_metrics(cells: list[Cell]) -> list[Metric]:
-    """The leaderboard columns for one task: the headline metric of every aspect, robustness per group."""
+    """The leaderboard columns for one task: the headline metric of every aspect, robustness per group and attack."""
     groups: list[str] = []
+    attacks: dict[str, tuple] = {}
     for c in cells:
         g = _get(c.results or {}, ("aggregates", "robustness", "groups"))
         if isinstance(g, dict):
             groups += [k for k in g if k not in groups]
+        for k, path in attack_paths(_get(c.results or {}, ("aggregates", "robustness"))).items():
+            attacks.setdefault(k, path)
     ms = [Metric("forgetting", "target shown", ("forgetting", "target_shown"), "lower", True,
                  ("forgetting", "target_shown_original")),
           Metric("preservation", "as expected", ("preservation", "as_expected"), "higher", True,
@@ -186,8 +203,8 @@ def headline_metrics(cells: list[Cell]) -> list[Metric]:
           Metric("alignment", "CSDR", ("alignment", "csdr"), "lower")]
     ms += [Metric("robustness", f"{g} target shown", ("robustness", "groups", g, "target_shown"), "lower", True,
                   ("robustness", "groups", g, "target_shown_original")) for g in groups]
-    ms += [Metric("robustness", "UnlearnDiffAtk ASR", ("robustness", "unlearndiffatk", "asr"), "lower", True),
-           Metric("cost", "erase seconds", ("cost", "erase_seconds"), "lower"),
+    ms += [Metric("robustness", f"ASR {k}", path + ("asr",), "lower", True) for k, path in attacks.items()]
+    ms += [Metric("cost", "erase seconds", ("cost", "erase_seconds"), "lower"),
            Metric("cost", "params changed", ("cost", "params_changed"), "lower")]
     return ms
 
@@ -220,7 +237,7 @@ def radar_scores(res: dict | None) -> list[float | None]:
     c = None if c is None else c / 100  # CSDR is in percent
     groups = _get((res or {}).get("aggregates") or {}, ("robustness", "groups"))
     rob = [v("robustness", "groups", g, "target_shown") for g in (groups or {})] + \
-        [v("robustness", "unlearndiffatk", "asr")]
+        [v(*path, "asr") for path in attack_paths(_get((res or {}).get("aggregates") or {}, ("robustness",))).values()]
     rob = [x for x in rob if x is not None]
     return [clip(None if f is None else 1 - f), clip(p), clip(q), clip(None if c is None else 1 - max(c, 0.0)),
             clip(1 - sum(rob) / len(rob) if rob else None)]
@@ -533,6 +550,24 @@ def _adversarial(p: dict) -> str:
     return "– (not needed: the plain prompt already shows the target)" if a is None else str(a)
 
 
+def _attack_html(atk: dict, label: str, row: str) -> str:
+    """One attack's per-prompt table (adversarial prompt, success, cost) for one cell."""
+    if atk.get("skipped"):
+        return f"<p>{esc(row)}: {esc(label)} skipped ({esc(atk['skipped'])})</p>"
+    prompts = [p for p in atk.get("prompts") or [] if isinstance(p, dict)]
+    ph = ("<th>prompt</th><th>seed</th><th>adversarial prompt</th><th>success</th>"
+          "<th>without attack</th><th>iterations</th><th>seconds</th><th>final loss</th>")
+    pr = [f"<td>{esc(p.get('prompt', ''))}</td><td>{esc(p.get('seed', ''))}</td>"
+          f"<td><code>{esc(_adversarial(p))}</code></td>"
+          f"<td>{_yes(p.get('success'))}</td><td>{_yes(p.get('success_no_attack'))}</td>"
+          f"<td>{esc(p.get('iterations', ''))}</td><td>{esc(fmt(_num(p.get('seconds'))))}</td>"
+          f"<td>{esc(fmt(_num(p.get('final_loss'))))}</td>" for p in prompts]
+    settings = json.dumps(atk.get("budget", atk.get("settings", {})), ensure_ascii=False, default=str)
+    return (f"<h4>{esc(label)} prompts: {esc(row)}</h4>"
+            f'<p class="legend">budget: <code>{esc(settings)}</code></p>'
+            + (html_table([ph], pr) if pr else "<p>no prompt attacked</p>"))
+
+
 def _drill_html(b: Bench, task: str) -> str:
     fin = [c for c in b.cells_of(task) if c.status == "finished"]
     multi = _multi_seed(fin)
@@ -555,24 +590,9 @@ def _drill_html(b: Bench, task: str) -> str:
         extra = ""
         if aspect == "robustness":
             for c in fin:
-                atk = _get(c.results.get("aggregates") or {}, ("robustness", "unlearndiffatk"))
-                if not isinstance(atk, dict):
-                    continue
-                if atk.get("skipped"):
-                    extra += f"<p>{esc(_row_label(c, multi))}: UnlearnDiffAtk skipped ({esc(atk['skipped'])})</p>"
-                    continue
-                prompts = [p for p in atk.get("prompts") or [] if isinstance(p, dict)]
-                ph = ("<th>prompt</th><th>seed</th><th>adversarial prompt</th><th>success</th>"
-                      "<th>without attack</th><th>iterations</th><th>final loss</th>")
-                pr = [f"<td>{esc(p.get('prompt', ''))}</td><td>{esc(p.get('seed', ''))}</td>"
-                      f"<td><code>{esc(_adversarial(p))}</code></td>"
-                      f"<td>{_yes(p.get('success'))}</td><td>{_yes(p.get('success_no_attack'))}</td>"
-                      f"<td>{esc(p.get('iterations', ''))}</td>"
-                      f"<td>{esc(fmt(_num(p.get('final_loss'))))}</td>" for p in prompts]
-                settings = json.dumps(atk.get("settings", {}), ensure_ascii=False, default=str)
-                extra += (f"<h4>UnlearnDiffAtk prompts: {esc(_row_label(c, multi))}</h4>"
-                          f'<p class="legend">settings: <code>{esc(settings)}</code></p>'
-                          + (html_table([ph], pr) if pr else "<p>no prompt attacked</p>"))
+                aggs = c.results.get("aggregates") or {}
+                for label, path in attack_paths(_get(aggs, ("robustness",))).items():
+                    extra += _attack_html(_get(aggs, path), label, _row_label(c, multi))
         out.append(details(esc(aspect), f'<div class="scroll">{html_table([head], body)}</div>{extra}'))
     # the cells themselves
     head = ("<th>cell</th><th>method</th><th>label</th><th>seed</th><th>overrides</th><th>status</th>"

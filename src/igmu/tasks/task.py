@@ -23,7 +23,7 @@ A task file is YAML (or JSON) with exactly these fields; anything else is an err
           - {prompt: a red circle on a dark background, expect: [circle, red]}
     prompts_file: prompts.json  # alternatively: DataIGM JSON {task: {forget|retain: {group: [prompt]}}}
     images_per_prompt: 2
-    attack: {prompts: 4, tokens: 5, steps: 40, lr: 0.01, check_every: 10}
+    attack: {prompts: 4, attacks: [unlearndiffatk:fast]}
 
 A prompt is a string or a record {prompt, expect, stripped}: `expect` lists the
 concepts the image must still show (retain: what it asks for; forget, for a
@@ -81,14 +81,19 @@ class PromptRecord(_Strict):
 
 
 class AttackSettings(_Strict):
-    """UnlearnDiffAtk on the first `prompts` explicit forget prompts (0: no attack).
-    tokens / steps / lr: the official UnlearnDiffAtk setting (5 prefix tokens, 40 iterations, lr 0.01)."""
+    """The attacks of the robustness aspect, on the first `prompts` explicit forget prompts (0: none).
+    `attacks` are "name:budget" items (igmu attacks lists them; budgets: official, fast, tiny)."""
     prompts: int = Field(4, ge=0, le=10_000)
-    tokens: int = Field(5, ge=1, le=75)  # at most a CLIP context (77) minus start and end tokens
-    steps: int = Field(40, ge=1, le=100_000)
-    lr: float = Field(0.01, gt=0, le=100)
-    check_every: int = Field(10, ge=1, le=100_000)  # judge an image of the current prompt every k iterations
-    target_images: int = Field(4, ge=1, le=1000)  # images of the target (original model) the attack matches
+    attacks: list[str] = Field(default_factory=lambda: ["unlearndiffatk:fast"])
+
+    @model_validator(mode="before")
+    @classmethod
+    def _legacy(cls, v):
+        old = sorted(set(v) & {"tokens", "steps", "lr", "check_every", "target_images"}) if isinstance(v, dict) else []
+        if old:
+            raise ValueError(f"attack.{old[0]} is no longer a setting: attacks run at named budgets, e.g. "
+                             "attack: {prompts: 4, attacks: [unlearndiffatk:fast]} (see igmu attacks)")
+        return v
 
 
 class Task(_Strict):
