@@ -2,8 +2,10 @@
 from __future__ import annotations
 
 import functools
+import inspect
 import os
 import sys
+import typing
 from pathlib import Path
 from typing import List, Optional
 
@@ -32,16 +34,34 @@ def _fail(msg: str):
     raise typer.Exit(2)
 
 
+THREADS_HELP = ("CPU threads torch may use (default: OMP_NUM_THREADS if set, else the cores available; "
+                "see docs/performance.md).")
+
+
 def handles_errors(fn):
+    """One line and exit 2 for a UserError; and every command takes --threads: a command that does not declare
+    its own gets the option here, and torch's thread count is set to it before the command runs."""
+    own_threads = "threads" in inspect.signature(fn).parameters
+
     @functools.wraps(fn)
     def wrapper(*a, **k):
         _quiet_libs()
         try:
+            if not own_threads:
+                from .utils.threads import set_threads
+
+                set_threads(k.pop("threads", None))
             return fn(*a, **k)
         except UserError as e:
             _fail(str(e))
         except KeyboardInterrupt:
             _fail("interrupted; nothing partial was left under the output name")
+    if not own_threads:
+        sig = inspect.signature(fn, eval_str=True)
+        opt = inspect.Parameter("threads", inspect.Parameter.KEYWORD_ONLY, annotation=Optional[int],
+                                default=typer.Option(None, "--threads", help=THREADS_HELP))
+        wrapper.__signature__ = sig.replace(parameters=[*sig.parameters.values(), opt])
+        wrapper.__annotations__ = {**typing.get_type_hints(fn), "threads": Optional[int]}
     return wrapper
 
 
