@@ -337,7 +337,11 @@ def judge_train(images: Path = typer.Option(..., "--images", help="Image folder:
 def bench(config: Path = typer.Option(..., "--config", "-c", help="Bench YAML: methods, tasks, seeds, aspects."),
           out: Path = typer.Option(..., "--out", "-o", help="Bench folder (rerun with the same folder to resume)."),
           backend: str = typer.Option("local", "--backend", help="local or ray."),
-          address: Optional[str] = typer.Option(None, "--address", help="Ray cluster address (default: start one here).")):
+          address: Optional[str] = typer.Option(None, "--address", help="Ray cluster address (default: start one here)."),
+          parallel: Optional[int] = typer.Option(None, "--parallel", help="Local backend: cells run at once, each in "
+                                                 "its own process (default: the cores available / resources.cpus)."),
+          threads: Optional[int] = typer.Option(None, "--threads", help="CPU threads of each cell (default: the cores "
+                                                "available / the parallel cells; Ray: resources.cpus).")):
     """Run methods x tasks x seeds (erase, generate, evaluate); resumable, every cell cached."""
     from .bench.runner import run_bench
 
@@ -349,7 +353,15 @@ def bench(config: Path = typer.Option(..., "--config", "-c", help="Bench YAML: m
         from .bench.ray_backend import check_ray
 
         check_ray(address)
-    res = run_bench(config, out, backend, address, echo=lambda m: typer.echo(m, err=True))
+    if parallel is not None and backend != "local":
+        raise UserError("--parallel is for --backend local (Ray places cells by resources.cpus)")
+    if parallel is not None and parallel < 1:
+        raise UserError(f"--parallel must be at least 1, got {parallel}")
+    from .utils.threads import check_threads
+
+    check_threads(threads)
+    res = run_bench(config, out, backend, address, echo=lambda m: typer.echo(m, err=True), parallel=parallel,
+                    threads=threads)
     typer.echo(f"bench done: {res['cells']} cells ({res['ran']} run now) in {res['seconds']} s; "
                f"report: igmu report {res['out']}")
 
