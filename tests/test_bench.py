@@ -53,9 +53,11 @@ def _results(out):
 
 @pytest.fixture(scope="module")
 def reference(sweep, tmp_path_factory):
+    """One cell at a time, in this process."""
     out = tmp_path_factory.mktemp("ref") / "out"
-    r = _cli("bench", "--config", str(sweep), "--out", str(out))
+    r = _cli("bench", "--config", str(sweep), "--out", str(out), "--parallel", "1", "--threads", "1")
     assert r.returncode == 0, r.stderr
+    assert "1 cell(s) at once x 1 thread(s)" in r.stderr
     return out
 
 
@@ -68,7 +70,8 @@ def test_sigkill_three_times_then_resume_gives_the_same_results(sweep, reference
         time.sleep(rng.uniform(4, 14))
         p.send_signal(signal.SIGKILL)
         p.wait()
-    r = _cli("bench", "--config", str(sweep), "--out", str(out))
+    # resumed with two cells at once, each in its own process (the reference ran one at a time)
+    r = _cli("bench", "--config", str(sweep), "--out", str(out), "--parallel", "2", "--threads", "1")
     assert r.returncode == 0, r.stderr
     assert _results(out) == _results(reference)
     assert not list(out.rglob(".*.tmp"))  # nothing half-written left behind
@@ -85,6 +88,18 @@ def test_ray_backend_gives_the_same_results(sweep, reference, tmp_path):
     assert _results(out) == _results(reference)
 
 
+def test_local_backend_slots_and_order(monkeypatch):
+    from igmu.bench.runner import interleave_tasks, local_slots
+
+    monkeypatch.setattr("igmu.utils.threads.available_cores", lambda: 8)
+    assert local_slots(100, 1, None, None) == (8, 1)  # as Ray places cells: cores / resources.cpus
+    assert local_slots(100, 2, None, None) == (4, 2)
+    assert local_slots(3, 1, None, None) == (3, 2)  # no more slots than cells; the cores shared among them
+    assert local_slots(100, 1, 2, None) == (2, 4) and local_slots(100, 1, None, 4) == (2, 4)
+    cells = [{"task": t, "i": i} for t in "aab" for i in range(2)]
+    assert [c["task"] for c in interleave_tasks(cells)] == ["a", "b", "a", "b", "a", "a"]
+
+
 def test_bench_bad_inputs(sweep, tmp_path):
     base = yaml.safe_load(sweep.read_text())
     cases = [({"methods": ["nosuch"]}, "unknown method 'nosuch'"),
@@ -99,6 +114,10 @@ def test_bench_bad_inputs(sweep, tmp_path):
                          "--address", "127.0.0.1:9"), "does not answer")
     _one_line_error(_cli("bench", "--config", str(sweep), "--out", str(tmp_path / "x"), "--backend", "slurm"),
                     "unknown --backend")
+    _one_line_error(_cli("bench", "--config", str(sweep), "--out", str(tmp_path / "x"), "--parallel", "0"),
+                    "--parallel must be at least 1")
+    _one_line_error(_cli("bench", "--config", str(sweep), "--out", str(tmp_path / "x"), "--threads", "0"),
+                    "--threads must be between 1 and 1024")
 
 
 @pytest.mark.parametrize("name", sorted(p.name for p in (Path(__file__).parents[1] / "benchmarks").glob("*.yaml")))

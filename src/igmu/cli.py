@@ -2,8 +2,10 @@
 from __future__ import annotations
 
 import functools
+import inspect
 import os
 import sys
+import typing
 from pathlib import Path
 from typing import List, Optional
 
@@ -68,11 +70,23 @@ def _fail(msg: str):
     raise typer.Exit(2)
 
 
+THREADS_HELP = ("CPU threads torch may use (default: OMP_NUM_THREADS if set, else the cores available; "
+                "see docs/performance.md).")
+
+
 def handles_errors(fn):
+    """One line and exit 2 for a UserError; and every command takes --threads: a command that does not declare
+    its own gets the option here, and torch's thread count is set to it before the command runs."""
+    own_threads = "threads" in inspect.signature(fn).parameters
+
     @functools.wraps(fn)
     def wrapper(*a, **k):
         _quiet_libs()
         try:
+            if not own_threads:
+                from .utils.threads import set_threads
+
+                set_threads(k.pop("threads", None))
             return fn(*a, **k)
         except UserError as e:
             _fail(str(e))
@@ -85,6 +99,12 @@ def handles_errors(fn):
             if ue is None:
                 raise
             _fail(str(ue))
+    if not own_threads:
+        sig = inspect.signature(fn, eval_str=True)
+        opt = inspect.Parameter("threads", inspect.Parameter.KEYWORD_ONLY, annotation=Optional[int],
+                                default=typer.Option(None, "--threads", help=THREADS_HELP))
+        wrapper.__signature__ = sig.replace(parameters=[*sig.parameters.values(), opt])
+        wrapper.__annotations__ = {**typing.get_type_hints(fn), "threads": Optional[int]}
     return wrapper
 
 
@@ -557,7 +577,11 @@ def build_model(kind: str = typer.Argument(..., help="sd15 (SD 1.5's architectur
 def bench(config: Path = typer.Option(..., "--config", "-c", help="Bench YAML: methods, tasks, seeds, aspects."),
           out: Path = typer.Option(..., "--out", "-o", help="Bench folder (rerun with the same folder to resume)."),
           backend: str = typer.Option("local", "--backend", help="local or ray."),
-          address: Optional[str] = typer.Option(None, "--address", help="Ray cluster address (default: start one here).")):
+          address: Optional[str] = typer.Option(None, "--address", help="Ray cluster address (default: start one here)."),
+          parallel: Optional[int] = typer.Option(None, "--parallel", help="Local backend: cells run at once, each in "
+                                                 "its own process (default: the cores available / resources.cpus)."),
+          threads: Optional[int] = typer.Option(None, "--threads", help="CPU threads of each cell (default: the cores "
+                                                "available / the parallel cells; Ray: resources.cpus).")):
     """Run methods x tasks x seeds (erase, generate, evaluate); resumable, every cell cached."""
     from .bench.runner import run_bench
 
@@ -569,7 +593,15 @@ def bench(config: Path = typer.Option(..., "--config", "-c", help="Bench YAML: m
         from .bench.ray_backend import check_ray
 
         check_ray(address)
-    res = run_bench(config, out, backend, address, echo=lambda m: typer.echo(m, err=True))
+    if parallel is not None and backend != "local":
+        raise UserError("--parallel is for --backend local (Ray places cells by resources.cpus)")
+    if parallel is not None and parallel < 1:
+        raise UserError(f"--parallel must be at least 1, got {parallel}")
+    from .utils.threads import check_threads
+
+    check_threads(threads)
+    res = run_bench(config, out, backend, address, echo=lambda m: typer.echo(m, err=True), parallel=parallel,
+                    threads=threads)
     typer.echo(f"bench done: {res['cells']} cells ({res['ran']} run now) in {res['seconds']} s; "
                f"report: igmu report {res['out']}")
 

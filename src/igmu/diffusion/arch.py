@@ -248,12 +248,26 @@ class Adapter:
         model = self.unet if model is None else model
         return model(x, t, encoder_hidden_states=cond).sample
 
+    @property
+    def cfg_sampling(self) -> bool:
+        """Whether `guided` is this class's classifier-free guidance, uncond + g (cond - uncond) of the two
+        halves `halves` returns, so that the sampler's own call at x_t also gives those outputs there (False
+        for a family that samples otherwise, e.g. guidance-distilled FLUX.1)."""
+        return type(self).guided is Adapter.guided
+
+    def halves(self, model, x: torch.Tensor, t, cond: torch.Tensor, uncond: torch.Tensor):
+        """(unconditional, conditional) outputs at x from one batched denoiser call (t: a timestep, or one
+        per row of x)."""
+        tt = torch.cat([t, t]) if torch.is_tensor(t) and t.dim() == 1 else t
+        out = self.denoise(model, torch.cat([x, x]), tt, torch.cat([uncond, cond]))
+        u, c = out.chunk(2)
+        return u, c
+
     def guided(self, model, x: torch.Tensor, t, cond: torch.Tensor, uncond: torch.Tensor,
                guidance: float) -> torch.Tensor:
         """The guided output this family samples with: classifier-free guidance (Ho & Salimans 2022),
         uncond + g (cond - uncond), one batched denoiser call."""
-        out = self.denoise(model, torch.cat([x, x]), t, torch.cat([uncond, cond]))
-        u, c = out.chunk(2)
+        u, c = self.halves(model, x, t, cond, uncond)
         return u + guidance * (c - u)
 
     def cross_attentions(self, model=None) -> list[tuple[str, torch.nn.Module]]:

@@ -114,7 +114,7 @@ class _Models:
         self.specs, self.cache, self.cfg, self.progress = specs, cache, cfg, progress
         self.fp = {role: model_fingerprint(s) for role, s in specs.items()}
         self._pipes: dict = {}
-        self.generated = 0
+        self.generated: dict[str, int] = {}  # images generated (cache misses) per role
 
     def pipe(self, role: str):
         from ..artifacts import load_model
@@ -135,8 +135,6 @@ class _Models:
 
         Missing images are generated in UNet batches of exactly `batch` (the last one padded), so an image
         is bitwise the same whatever else was missing: a resumed or extended run reproduces a fresh one."""
-        from ..generate import generate_images
-
         keys = [self.key(role, p, s, batch) for p, s in pairs]
         imgs: dict[str, np.ndarray] = {}
         todo = []
@@ -151,10 +149,28 @@ class _Models:
                 imgs[k] = got
                 self.cache.hits["images"] += 1
         if todo:
+            with self.cache.lock(self.fp[role]):  # another process may be making the same images: wait for it
+                self._generate(role, todo, imgs, batch)
+        sizes = {imgs[k].shape for k in keys}
+        if len(sizes) > 1:
+            raise UserError(f"images of mixed sizes {sorted(sizes)}; all images of one evaluation must share a size")
+        return (np.stack([imgs[k] for k in keys]) if keys else np.zeros((0, 1, 1, 3), np.uint8)), keys
+
+    def _generate(self, role: str, todo: list, imgs: dict, batch: int) -> None:
+        import torch
+
+        from ..generate import generate_images
+
+        for k, _, _ in todo:  # made meanwhile by another process (a parallel bench cell of the same task)?
+            imgs[k] = self.cache.get_image(k)
+        self.cache.hits["images"] += sum(imgs[k] is not None for k, _, _ in todo)
+        todo = [t for t in todo if imgs[t[0]] is None]
+        if todo:
             adv = self.progress(len(todo), f"generating ({role})") if self.progress else None
-            for c in range(0, len(todo), batch):
-                chunk = todo[c:c + batch]
-                padded = chunk + [chunk[-1]] * (batch - len(chunk))
+            group = batch * max(1, torch.get_num_threads())  # one batch per CPU thread at once (generate_images)
+            for c in range(0, len(todo), group):
+                chunk = todo[c:c + group]
+                padded = chunk + [chunk[-1]] * (-len(chunk) % batch)
                 new = generate_images(self.pipe(role), [p for _, p, _ in padded], [s for _, _, s in padded],
                                       self.cfg.settings, batch)
                 for (k, _, _), img in zip(chunk, new):
@@ -163,11 +179,7 @@ class _Models:
                 if adv:
                     adv(len(chunk))
             self.cache.misses["images"] += len(todo)
-            self.generated += len(todo)
-        sizes = {imgs[k].shape for k in keys}
-        if len(sizes) > 1:
-            raise UserError(f"images of mixed sizes {sorted(sizes)}; all images of one evaluation must share a size")
-        return (np.stack([imgs[k] for k in keys]) if keys else np.zeros((0, 1, 1, 3), np.uint8)), keys
+            self.generated[role] = self.generated.get(role, 0) + len(todo)
 
 
 class _Judged:
@@ -431,7 +443,8 @@ def evaluate(original: str, unlearned: str, task, cfg: EvalConfig, cache: Cache,
         "settings": {**asdict(cfg.settings), "seed": cfg.seed, "images_per_prompt": n,
                      "metrics": {k: _card(k, spec) for k, (spec, _) in nets.items()}},
         "aspects": aspects, "aggregates": agg, "cost": cost, "records": records,
-        "cache": {"root": str(cache.root), "hits": dict(cache.hits), "misses": dict(cache.misses)},
+        "cache": {"root": str(cache.root), "hits": dict(cache.hits), "misses": dict(cache.misses),
+                  "generated": dict(models.generated) if models else {}},
         "seconds": round(time.perf_counter() - t0, 2), "versions": _versions(),
         "runtime": {k: v for k, v in cfg.runtime.describe().items() if k != "gradient_checkpointing"},
     }

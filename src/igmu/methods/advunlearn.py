@@ -59,7 +59,8 @@ Differences from the official code, stated exactly:
     attack step and iteration (31 trajectories per iteration in the official
     code), igmu samples `pool_size` trajectories per target and
     `retain_pool_size` per retain prompt once, keeps every intermediate latent, and draws (trajectory, step) at random;
-    the frozen model's predictions on the pool are computed once. Same
+    the frozen model's predictions on the pool are computed once, as the two
+    halves of the pool's own guided sampling calls (no further call). Same
     distribution over sampler steps, a finite set of start noises.
   * The training timestep is the sampler's timestep at the drawn step, as in
     igmu's ESD (official: a random DDPM step within the matching 1/ddim_steps
@@ -185,11 +186,9 @@ class AdvUnlearn(Eraser):
         # pool rows: trajectory j of target i at i * P + j, then trajectory j of retain prompt r at n_t * P + r * R + j
         conds = torch.cat([embs[:n_t].repeat_interleave(P, 0), embs[n_t:-1].repeat_interleave(R, 0)])
         owner = torch.cat([torch.arange(n_t).repeat_interleave(P), n_t + torch.arange(n_r).repeat_interleave(R)])
-        xs, ts = trajectory_pool(a, unet, conds, null, S, cfg.guidance_scale, gen)
-        with torch.no_grad():
-            e_p = torch.stack([a.denoise(unet, xs[k], ts[k], conds) for k in range(S)])
-            e_0 = torch.stack([a.denoise(unet, xs[k, :n_t * P], ts[k], null.expand(n_t * P, -1, -1))
-                               for k in range(S)])
+        # the original predictions under each row's prompt and under "" are the halves of the pool's own
+        # guided calls (the UNet is frozen): no further call
+        xs, ts, e_0, e_p = trajectory_pool(a, unet, conds, null, S, cfg.guidance_scale, gen, outputs=True)
         ids = a.tokenize(targets + retain)
         state = {"adv": None, "word": 0}
 

@@ -34,6 +34,18 @@ Other architectures (docs/architectures.md), the same update through the archite
   Differences: esd_flux.py trains at 512 px; igmu at the VAE's native size.
 - SD3: no official script; igmu applies esd_sd.py's update and defaults to SD3's classifier-free-guided
   flow velocities, with FLUX's parameter selection (joint attention).
+
+Speed, not the algorithm: theta* never changes, so the x_t of future iterations are
+drawn ahead of the updates, `xt_batch` trajectories at a time in one batched denoiser
+call per sampler step (diffusion.sampling.PartialTrajectories), and with classifier-free
+guidance e_c, e_0 are the two halves of the sampler's guided call at x_t (no further
+call). Each iteration keeps its own stop and noise, drawn in the same order as one
+trajectory at a time; only the rounding of batched kernels differs (the loss
+statistics and the erasure against the unbatched loop: docs/performance.md).
+xt_share=m > 1 is an opt-in trade that esd_sd.py does not make: m iterations read
+their x_t off one trajectory, each at its own drawn step, so each x_t keeps its
+distribution but those m are no longer independent; it samples about 2.5x fewer
+denoiser rows at m = 4 (measured in docs/performance.md).
 """
 from __future__ import annotations
 
@@ -46,7 +58,7 @@ import torch.nn.functional as F
 from pydantic import Field
 
 from ..diffusion.arch import adapter_for
-from ..diffusion.sampling import sample_until
+from ..diffusion.sampling import PartialTrajectories
 from .base import EraseRequest, Eraser, MethodConfig, register
 from .common import check_targets
 from .train import Adam, FineTune, module_parameters
@@ -59,23 +71,32 @@ class ESDConfig(MethodConfig):
     negative_guidance: float = Field(1.0, ge=0)  # eta = 1.0: paper and CompVis code (see module docstring)
     guidance_scale: float = Field(3.0, ge=0)  # sampling x_t, official default
     sample_steps: int = Field(50, ge=2)  # official num_inference_steps default
+    xt_batch: int = Field(32, ge=1)  # igmu, speed only: x_t trajectories drawn together (1: one at a time)
+    xt_share: int = Field(1, ge=1)  # igmu, opt-in: iterations per x_t trajectory (1: esd_sd.py's, see docstring)
     seed: int = 0
+
+
+def trajectory_draws(rng: np.random.Generator, iterations: int, steps: int) -> list[tuple[int, int]]:
+    """(stop, noise seed) of every iteration's x_t: the sampler step it stops at, U{0..steps-1} (esd_sd.py:
+    random.randint(0, num_inference_steps - 1)), and the seed of its initial noise, in the order the
+    one-at-a-time loop drew them."""
+    return [(int(rng.integers(0, steps)), int(rng.integers(0, 2 ** 31))) for _ in range(iterations)]
 
 
 def esd_loss(a, base, trained, cond: torch.Tensor, null: torch.Tensor, cfg, rng: np.random.Generator):
     """ESD's compute_loss(step): x_t of the concept drawn by the frozen model `base`, the frozen model's
     conditional and unconditional outputs there, and the MSE of `trained`'s conditional output to eq. 4's
-    target. cfg: sample_steps, guidance_scale, negative_guidance. Shared by esd and esd-lora."""
+    target. cfg: iterations, sample_steps, guidance_scale, negative_guidance, xt_batch, xt_share. The x_t
+    are drawn ahead of the updates (see the module docstring). Shared by esd and esd-lora."""
+    draws = trajectory_draws(rng, cfg.iterations, cfg.sample_steps)
+    # x_t: the concept sampled by the frozen model for a random number of the sampler's steps
+    xts = PartialTrajectories(a, base, cond, null, cfg.sample_steps, [s for s, _ in draws], cfg.guidance_scale,
+                              [torch.Generator().manual_seed(g) for _, g in draws], width=cfg.xt_batch,
+                              share=cfg.xt_share)
 
-    def compute_loss(_step):
-        # x_t: the concept sampled by the frozen model for a random number of the sampler's steps
-        stop = int(rng.integers(0, cfg.sample_steps))
-        g = torch.Generator().manual_seed(int(rng.integers(0, 2 ** 31)))
-        xt, t = sample_until(a, base, cond, null, cfg.sample_steps, stop, cfg.guidance_scale, g)
-        with torch.no_grad():
-            e_c = a.denoise(base, xt, t, cond)  # eps_theta*(x_t, c, t)
-            e_0 = a.denoise(base, xt, t, null)  # eps_theta*(x_t, t)
-            target = e_0 - cfg.negative_guidance * (e_c - e_0)  # eq. 4
+    def compute_loss(step):
+        xt, t, e_0, e_c = xts.take(step)  # eps_theta*(x_t, t), eps_theta*(x_t, c, t)
+        target = e_0 - cfg.negative_guidance * (e_c - e_0)  # eq. 4
         return F.mse_loss(a.denoise(trained, xt, t, cond), target)
     return compute_loss
 

@@ -51,6 +51,8 @@ class ESDLoRAConfig(MethodConfig):
     negative_guidance: float = Field(1.0, ge=0)  # EraseAnything negative_guidance 1 (ESD's eta)
     guidance_scale: float = Field(3.0, ge=0)  # sampling x_t: igmu's esd default (SD; SDXL 2, FLUX 3.5)
     sample_steps: int = Field(50, ge=2)  # sampling x_t: igmu's esd default (SD; FLUX 28)
+    xt_batch: int = Field(32, ge=1)  # igmu, speed only: x_t trajectories drawn together, as esd's
+    xt_share: int = Field(1, ge=1)  # igmu, opt-in: iterations per x_t trajectory, as esd's
     seed: int = 0
 
 
