@@ -171,7 +171,7 @@ def test_task_files_check_concepts_like_the_cli(tmp_path):
     with pytest.raises(UserError, match="also a target"):
         task_from_dict({**base, "preserve": ["Circle"]})
     with pytest.raises(UserError, match="non-finite|finite"):
-        task_from_dict({**base, "attack": {"lr": float("nan")}})
+        task_from_dict({**base, "attack": {"prompts": float("nan")}})
     assert task_from_dict({**base, "anchor": ""}).anchor == ""  # the empty prompt as anchor stays allowed
 
 
@@ -342,8 +342,8 @@ def test_nonfinite_changed_tensors_refuse_the_artifact(monkeypatch, tmp_path):
     named (the loop's loss check does not apply to closed-form edits)."""
     import igmu.methods.uce as uce
 
-    real = uce.closed_form_edit
-    monkeypatch.setattr(uce, "closed_form_edit", lambda *a, **k: real(*a, **k) * float("nan"))
+    real = uce.ClosedFormEdit.__call__
+    monkeypatch.setattr(uce.ClosedFormEdit, "__call__", lambda self, *a, **k: real(self, *a, **k) * float("nan"))
     r = run("erase", "--method", "uce", "--target", "circle", "--set", "lamb=3", "--out", tmp_path / "a")
     clean_error(r, "changed tensors non-finite (NaN or infinite")
     assert "Probably caused by lamb=3 (default 0.5)" in r.stderr and not (tmp_path / "a").exists()

@@ -139,14 +139,14 @@ def test_adavd_decomposition():
 
     g = torch.Generator().manual_seed(0)
     t = torch.randn(1, 5, 8, generator=g)
-    spec = {"token_sim": False, "sigmoid": [100.0, 0.93, 2.0]}
+    spec = {"token_sim": False, "sigmoid_p": 100.0, "sigmoid_eps": 0.93, "sigmoid_s": 2.0}
     x = t.clone()
     out = x - erased_component(x, t, spec)
     assert out[:, 1:].abs().max() < 1e-5 and torch.equal(out[:, 0], x[:, 0])  # the start token is kept
     y = torch.randn(5, 8, generator=g)
     y = y - (y * t[0]).sum(-1, keepdim=True) / (t[0] * t[0]).sum(-1, keepdim=True) * t[0]  # orthogonal to t
     assert (erased_component(y[None], t, spec)).abs().max() < 1e-5
-    on = {"token_sim": True, "sigmoid": [100.0, 0.93, 2.0]}
+    on = {**spec, "token_sim": True}
     reflected = torch.cat([x[:, :1], -x[:, 1:]], 1)
     assert torch.allclose(x - erased_component(x, t, on), reflected, atol=1e-2)  # s = 2: a target token is reflected
     Y = torch.randn(3, 8, generator=g, dtype=torch.float64)
@@ -254,10 +254,10 @@ def test_sdd_trains_cross_attention_into_the_ema(tiny_sd1, tmp_path):
 
 
 @pytest.mark.parametrize("method,targets,anchor,preserve,sets,match", [
-    ("speed", ["circle"], "circle", [], [], "anchor is one of the targets"),
-    ("cure", ["circle"], None, ["circle"], [], "would erase nothing"),
+    ("speed", ["circle"], "circle", [], [], "is one of the targets"),  # the validation layer, before the method
+    ("cure", ["circle"], None, ["circle"], [], "cannot be both erased and preserved"),
     ("gloce", ["circle"], None, [], ["st_timestep=5", "end_timestep=5"], "must be above st_timestep"),
-    ("gloce", ["circle"], None, ["red circle", "circle"], FAST["gloce"], "none is left for target"),
+    ("gloce", ["circle"], None, ["red circle", "circle"], FAST["gloce"], "cannot be both erased and preserved"),
     ("stereo", ["circle"], None, [], ["initializer_token=object"], "must be one token"),
     ("stereo", ["circle", "star"], None, [], [], "one concept at a time"),
     ("safree", ["circle"], None, [], ["mask_token_id=99999"], "not in this tokenizer"),

@@ -199,7 +199,7 @@ TRIGGER_GUIDE: dict[str, dict] = {
 # Candidate methods (filtered by the registry at run time)
 # ---------------------------------------------------------------------------------------------
 
-FAMILIES = ("closed-form", "fine-tune", "adversarial", "pruning", "sampling baseline")
+FAMILIES = ("closed-form", "fine-tune", "adversarial", "pruning", "inference-time", "sampling baseline")
 _ALL = set(KINDS) - {"instance"}
 
 # name -> family, kinds it fits, multi-concept (mirrors the registry's metadata; a test checks), kinds or scopes it
@@ -259,6 +259,30 @@ METHODS: dict[str, dict] = {
     "conceptprune": {"family": "pruning", "fits": _ALL, "multi": True, "prefer": set(),
                      "why": "training-free: prunes FFN weights specific to the concept",
                      "mini": "changes nothing at the published 1% ratio"},
+    "speed": {"family": "closed-form", "fits": _ALL, "multi": True, "prefer": {"object", "identity"},
+              "why": "closed-form value edit in the null space of the retained concepts (prior filtering and "
+                     "augmentation): seconds, built to keep neighbours intact"},
+    "cure": {"family": "closed-form", "fits": _ALL, "multi": True, "prefer": set(),
+             "why": "training-free: projects the concept's token subspace (minus the retained one) out of every "
+                    "cross-attention key and value"},
+    "gloce": {"family": "inference-time", "fits": _ALL, "multi": True, "prefer": {"identity"},
+              "why": "training-free gated low-rank modules after the cross-attention outputs: act only where the "
+                     "gate finds the concept"},
+    "adavd": {"family": "inference-time", "fits": _ALL, "multi": True, "prefer": set(),
+              "why": "inference-time value-space erasure (orthogonal complement, adaptive gate): no weights change"},
+    "safree": {"family": "inference-time", "fits": set(KINDS), "multi": True, "prefer": {"unsafe"},
+               "why": "training-free: projects toxic tokens away from the concept subspace while sampling"},
+    "seot": {"family": "inference-time", "fits": _ALL, "multi": True, "prefer": set(),
+             "why": "suppresses the concept's directions in its token and end-of-text embeddings at sampling"},
+    "stereo": {"family": "adversarial", "fits": {"unsafe", "object", "style", "identity"}, "multi": False,
+               "prefer": {"unsafe"},
+               "why": "search thoroughly (adversarial textual-inversion rounds), then erase lightly with anchors: "
+                      "robustness with utility"},
+    "sdd": {"family": "fine-tune", "fits": {"unsafe", "object", "style"}, "multi": True, "prefer": {"unsafe"},
+            "why": "safe self-distillation: the concept's noise estimate pulled to the model's unconditional one"},
+    "taskvector": {"family": "fine-tune", "fits": {"object", "style", "identity", "instance"}, "multi": True,
+                   "prefer": set(),
+                   "why": "learn the concept, then subtract the weight change (task arithmetic): a simple reference"},
     "negprompt": {"family": "sampling baseline", "fits": set(KINDS), "multi": True, "prefer": set(),
                   "why": "baseline: the target as negative prompt; no weights change, easily removed by a user",
                   "mini": {"object": "circle still shown in 96%", "style": "striped 75%, but retain 92% -> 73%",
@@ -271,8 +295,8 @@ METHODS: dict[str, dict] = {
 
 def _family_rank(triggers) -> dict[str, int]:
     robust = any(TRIGGER_GUIDE[t]["promote"] == "adversarial" for t in triggers)
-    order = (["adversarial", "closed-form", "fine-tune", "pruning"] if robust
-             else ["closed-form", "fine-tune", "adversarial", "pruning"]) + ["sampling baseline"]
+    order = (["adversarial", "closed-form", "fine-tune", "pruning", "inference-time"] if robust
+             else ["closed-form", "fine-tune", "adversarial", "pruning", "inference-time"]) + ["sampling baseline"]
     return {f: i for i, f in enumerate(order)}
 
 
