@@ -88,19 +88,6 @@ def test_sdxl_prompt_attack_reaches_both_text_encoders(tiny_sdxl):
     assert len(adv.losses) == 2 and adv.text.endswith("a red circle")
 
 
-def test_unlearndiffatk_runs_on_sdxl_unchanged(tiny_sdxl, tmp_path):
-    from igmu.attacks.unlearndiffatk import attack_prompts
-    from igmu.tasks.task import AttackSettings
-
-    art = run_erase(str(tiny_sdxl), "uce", ["circle"], None, [], None, [], tmp_path / "u")
-    asked = []
-    rec, = attack_prompts(load_model(str(tiny_sdxl)), load_model(str(art)), ["a red circle"], [0],
-                          lambda text, seed: asked.append(text) or False,
-                          AttackSettings(tokens=2, steps=2, check_every=1, target_images=1), 2, 3.0)
-    assert rec["adversarial_prompt"].endswith("a red circle") and rec["text_reproduces_tokens"]
-    assert asked[0] == "a red circle" and len(asked) == 3  # the plain prompt, then each check
-
-
 def test_flow_matching_forward_process_and_targets():
     sched = FlowMatchTrainSchedule(1000)
     x0, eps = torch.randn(3, 4, 2, 2), torch.randn(3, 4, 2, 2)
