@@ -170,9 +170,12 @@ def main(argv=None) -> int:
             except subprocess.TimeoutExpired:
                 rows[key] = {"status": f"not finished in {a.timeout} s"}
                 continue
-            if res.returncode:
-                err = (res.stderr.strip().splitlines() or ["?"])[-1]
-                rows[key] = {"status": f"failed: {err[:200]}"}
+            if res.returncode < 0:  # killed by a signal: SIGKILL is the kernel's out-of-memory killer here
+                rows[key] = {"status": f"killed by signal {-res.returncode}" +
+                             (" (out of memory)" if res.returncode == -9 else "")}
+            elif res.returncode:
+                err = [ln for ln in res.stderr.strip().splitlines() if "requires torchvision" not in ln]
+                rows[key] = {"status": f"failed: {(err or ['?'])[-1][:200]}"}
             else:
                 rows[key] = {"status": "ok", "wall_seconds": round(time.perf_counter() - t0, 1),
                              **json.loads(res.stdout.strip().splitlines()[-1])}
