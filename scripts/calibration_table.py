@@ -44,7 +44,7 @@ def method_rows(preset: dict) -> list[str]:
         figs = []
         for c in concepts:
             res = row["concepts"][c]
-            figs.append(f"{pct(res['forgetting'])} / {pct(res['retain'])}" if isinstance(res, dict) else "-")
+            figs.append(f"{pct(res['forgetting'])} / {pct(res.get('retain'))}" if isinstance(res, dict) else "-")
         status = {"reached": "reached <= 20%", "best-tradeoff": "**not reached**: best trade-off",
                   "no-knob": "no strength knob"}[e["status"]]
         out.append(f"| {label} | {e['family']} | {fmt_values(pub_s) or '-'}; {fmt_values(pub_c)} | "
@@ -61,7 +61,7 @@ def rung_rows(preset: dict) -> list[str]:
             cells = []
             for c in concepts:
                 res = r["concepts"][c]
-                cells.append(f"{pct(res['forgetting'])} / {pct(res['retain'])}" if isinstance(res, dict)
+                cells.append(f"{pct(res['forgetting'])} / {pct(res.get('retain'))}" if isinstance(res, dict)
                              else "not measured")
             mark = " (chosen)" if r["rung"] == e["rung"] else ""
             out.append(f"| {label} | {r['rung']}{mark} | {fmt_values(r['values'])} | " + " | ".join(cells) +
