@@ -53,11 +53,20 @@ SCALE_BUDGET = {
     "erasediff": ["epochs=2", "forget_images=2", "retain_images=1", "sample_steps=3", "batch_size=2"],
     "scissorhands": ["epochs=3", "prune_num=1", "forget_images=2", "retain_images=1", "sample_steps=3",
                      "batch_size=2"],
+    # methods III
+    "speed": [], "cure": [], "adavd": [], "safree": [], "seot": [],
+    "gloce": ["n_gen=1", "n_anchor=1", "sample_steps=3"],
+    "sdd": ["iterations=3", "sample_steps=3"],
+    "esd-lora": ["iterations=3", "sample_steps=3"],
+    "taskvector": ["iterations=3", "images=2", "sample_steps=3", "batch_size=2"],
+    "stereo": ["iterations=3", "ti_steps=2", "n_iterations=1", "gallery_images=1", "gallery_steps=3",
+               "sample_steps=3"],
 }
-CLOSED_FORM = {"uce", "rece", "conceptprune", "negprompt", "sld"}
+CLOSED_FORM = {"uce", "rece", "conceptprune", "negprompt", "sld", "speed", "cure", "adavd", "safree", "seot", "gloce"}
 # rough peak memory (GB) at SD1.5 size in float32 on the CPU: the pipeline (4.3) plus what each method keeps
 # (a trained UNet copy 3.4, its gradients 3.4, Adam's two moments 6.9, ...); used only to skip what cannot fit
-ESTIMATE_GB = {"esd": 9, "fmn": 16, "sa": 22, "salun": 22, "erasediff": 33, "scissorhands": 26}
+ESTIMATE_GB = {"esd": 9, "fmn": 16, "sa": 22, "salun": 22, "erasediff": 33, "scissorhands": 26,
+               "taskvector": 24, "stereo": 22}  # full UNet / all-but-cross-attention with Adam
 TARGET, ANCHOR = "Van Gogh", "a painting"
 
 
