@@ -66,7 +66,7 @@ CLOSED_FORM = {"uce", "rece", "conceptprune", "negprompt", "sld", "speed", "cure
 # rough peak memory (GB) at SD1.5 size in float32 on the CPU: the pipeline (4.3) plus what each method keeps
 # (a trained UNet copy 3.4, its gradients 3.4, Adam's two moments 6.9, ...); used only to skip what cannot fit
 ESTIMATE_GB = {"esd": 9, "fmn": 16, "sa": 22, "salun": 22, "erasediff": 33, "scissorhands": 26,
-               "taskvector": 24, "stereo": 22}  # full UNet / all-but-cross-attention with Adam
+               "taskvector": 24, "stereo": 21}  # full UNet / all-but-cross-attention with Adam
 TARGET, ANCHOR = "Van Gogh", "a painting"
 
 
