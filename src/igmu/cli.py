@@ -581,7 +581,11 @@ def bench(config: Path = typer.Option(..., "--config", "-c", help="Bench YAML: m
           parallel: Optional[int] = typer.Option(None, "--parallel", help="Local backend: cells run at once, each in "
                                                  "its own process (default: the cores available / resources.cpus)."),
           threads: Optional[int] = typer.Option(None, "--threads", help="CPU threads of each cell (default: the cores "
-                                                "available / the parallel cells; Ray: resources.cpus).")):
+                                                "available / the parallel cells; Ray: resources.cpus)."),
+          set_: Optional[List[str]] = typer.Option(None, "--set", help="Override a config field: KEY=VALUE "
+                                                   "(repeatable; dotted KEY, e.g. model=PATH, "
+                                                   "evaluation.images_per_prompt=1, methods.esd.set.iterations=2; "
+                                                   "VALUE read as YAML).")):
     """Run methods x tasks x seeds (erase, generate, evaluate); resumable, every cell cached."""
     from .bench.runner import run_bench
 
@@ -601,7 +605,7 @@ def bench(config: Path = typer.Option(..., "--config", "-c", help="Bench YAML: m
 
     check_threads(threads)
     res = run_bench(config, out, backend, address, echo=lambda m: typer.echo(m, err=True), parallel=parallel,
-                    threads=threads)
+                    threads=threads, overrides=set_)
     typer.echo(f"bench done: {res['cells']} cells ({res['ran']} run now) in {res['seconds']} s; "
                f"report: igmu report {res['out']}")
 

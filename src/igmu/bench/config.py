@@ -17,6 +17,15 @@
     device: auto                   # auto: a cell with resources.gpus > 0 runs on CUDA, else on the CPU
     dtype: auto                    # auto, float32, float16, bfloat16 (auto: float32 on CPU, bf16/fp16 on GPU)
     gradient_checkpointing: false  # fine-tuning methods
+    igmu_dataset: ${IGMU_DATASET}  # tasks igmu:KEY (the IGMU paper's released prompts, tasks/released.py): the IGMU
+                                   #   repository's dataset/ folder, holding Benchmarking_prompts/{forgot,retain}.json
+    igmu_prompts_per_group: null   # igmu:KEY tasks: only the first N prompts of every group (null: all)
+    task_judges: {object_church: clip-head:judges/object_church}   # a task's judge, by task name (default: the task's)
+
+Overrides: `igmu bench --set KEY=VALUE` (repeatable) sets one field before validation; KEY is a dotted path
+(evaluation.images_per_prompt, task_judges.nudity), and an entry of `methods` is addressed by its label
+(methods.esd.set.iterations=2); VALUE is read as YAML (2, null, [uce, esd]). Environment: `${NAME}` inside any
+string is replaced by the variable NAME (unset: one line naming the field, the variable and the --set to use).
 """
 from __future__ import annotations
 
@@ -78,6 +87,9 @@ class BenchConfig(_Strict):
     device: str = "auto"
     dtype: str = "auto"
     gradient_checkpointing: bool = False
+    igmu_dataset: str | None = None  # IGMU's dataset/ folder, for tasks igmu:KEY
+    igmu_prompts_per_group: int | None = Field(None, ge=1, le=100_000)
+    task_judges: dict[str, str] = Field(default_factory=dict)  # task name -> judge spec
 
     @field_validator("device")
     @classmethod
@@ -107,15 +119,115 @@ class BenchConfig(_Strict):
                 ({"label": m.get("label", m.get("method")), **m} if isinstance(m, dict) else m) for m in v]
 
 
-def load_config(path: Path) -> tuple[BenchConfig, dict]:
-    """The validated config and its raw mapping; every mistake is one line naming the field or name."""
+_KEY = re.compile(r"[A-Za-z_][\w-]*(\.[\w-]+)*")
+_VAR = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)\}")
+
+
+def apply_overrides(raw: dict, overrides: list[str] | None, where: str) -> dict:
+    """`--set KEY=VALUE` items applied to the raw config mapping (a copy): KEY a dotted path, an entry of
+    `methods` addressed by its label, VALUE read as YAML. One line for a malformed item or a path that
+    does not lead into a mapping."""
+    import copy
+
+    import yaml
+
+    raw = copy.deepcopy(raw)
+    for item in overrides or []:
+        key, sep, text = str(item).partition("=")
+        key = key.strip()
+        if not sep or not _KEY.fullmatch(key):
+            raise UserError(f"--set {item!r}: expected KEY=VALUE with a dotted KEY, e.g. --set model=PATH or "
+                            "--set evaluation.images_per_prompt=1")
+        try:
+            value = yaml.safe_load(text) if text.strip() else ""
+        except yaml.YAMLError:
+            value = text
+        parts = key.split(".")
+        node = raw
+        for n, part in enumerate(parts[:-1]):
+            if isinstance(node, list) and parts[n - 1] == "methods" and n == 1:
+                node = _method_entry(node, part, item, where)
+                continue
+            nxt = node.get(part) if isinstance(node, dict) else None
+            if nxt is None and isinstance(node, dict):
+                nxt = node[part] = {}
+            if not isinstance(nxt, (dict, list)):
+                raise UserError(f"--set {item!r}: {'.'.join(parts[:n + 1])} of {where} is not a mapping")
+            node = nxt
+        if not isinstance(node, dict):
+            raise UserError(f"--set {item!r}: {'.'.join(parts[:-1])} of {where} is not a mapping")
+        node[parts[-1]] = value
+    return raw
+
+
+def _method_entry(methods: list, label: str, item: str, where: str) -> dict:
+    """The `methods` entry of a label, turned into its mapping form in place (a bare name: {label, method})."""
+    for i, m in enumerate(methods):
+        name = m if isinstance(m, str) else (m.get("label", m.get("method")) if isinstance(m, dict) else None)
+        if name == label:
+            if isinstance(m, str):
+                methods[i] = {"label": m, "method": m}
+            return methods[i]
+    names = [m if isinstance(m, str) else m.get("label", m.get("method")) for m in methods if isinstance(m, (str, dict))]
+    raise UserError(f"--set {item!r}: {where} has no method labelled {label!r} (labels: {', '.join(map(str, names))})")
+
+
+def expand_env(raw, where: str, path: str = ""):
+    """Every `${NAME}` inside a string replaced by the environment variable NAME; unset or empty: one line."""
+    import os
+
+    if isinstance(raw, dict):
+        return {k: expand_env(v, where, f"{path}.{k}" if path else str(k)) for k, v in raw.items()}
+    if isinstance(raw, list):
+        return [expand_env(v, where, f"{path}.{i}") for i, v in enumerate(raw)]
+    if not isinstance(raw, str):
+        return raw
+
+    def sub(m):
+        value = os.environ.get(m.group(1), "").strip()
+        if not value:
+            raise UserError(f"{where}: {path} is {raw!r} but {m.group(1)} is not set; export {m.group(1)}=... or pass "
+                            f"--set {path}=...")
+        return value
+    return _VAR.sub(sub, raw)
+
+
+def bench_task(cfg: BenchConfig, spec: str, base: Path, evaluation: bool = True):
+    """A task of the config: a task file or source (relative to the config), or igmu:KEY (the IGMU paper's
+    released prompts from cfg.igmu_dataset); with the config's judge for it (task_judges) and, with
+    `evaluation`, the evaluation's images_per_prompt and attack_prompts (a cell's id hashes the task
+    without them: they are hashed with the evaluation settings)."""
+    from ..tasks import load_task
+    from ..tasks.released import released_task
+
+    if spec.startswith("igmu:"):
+        if not cfg.igmu_dataset:
+            raise UserError(f"task {spec!r} reads the IGMU paper's released prompts: set igmu_dataset (--set "
+                            "igmu_dataset=PATH or IGMU_DATASET=PATH: the IGMU repository's dataset/ folder)")
+        task = released_task(spec[5:], cfg.igmu_dataset, prompts_per_group=cfg.igmu_prompts_per_group)
+    else:
+        task = load_task(_task_path(spec, base))
+    if task.name in cfg.task_judges:
+        task.judge = cfg.task_judges[task.name]
+    if evaluation:
+        ev = cfg.evaluation
+        if ev.images_per_prompt is not None:
+            task.images_per_prompt = ev.images_per_prompt
+        if ev.attack_prompts is not None:
+            task.attack.prompts = ev.attack_prompts
+    return task
+
+
+def load_config(path: Path, overrides: list[str] | None = None) -> tuple[BenchConfig, dict]:
+    """The validated config and its raw mapping (after --set overrides and ${NAME} expansion); every mistake
+    is one line naming the field or name."""
     from ..evaluation.evaluate import EvalConfig, check_aspects, check_eval_specs, eval_seed_span
     from ..methods import REGISTRY, get_method
     from ..methods.base import parse_config
-    from ..tasks import load_task
 
     path = Path(path)
-    raw = load_mapping(path, "bench config")
+    where = f"bench config {path}"
+    raw = expand_env(apply_overrides(load_mapping(path, "bench config"), overrides, where), where)
     try:
         cfg = BenchConfig(**raw)
     except ValidationError as e:
@@ -138,15 +250,13 @@ def load_config(path: Path) -> tuple[BenchConfig, dict]:
         except UserError as e:
             raise UserError(f"bench config {path}: method {m.label!r}: {e}") from None
     ev = cfg.evaluation
+    names = []
     for t in cfg.tasks:
         try:
-            task = load_task(_task_path(t, base))
+            task = bench_task(cfg, t, base)
         except UserError as e:
             raise UserError(f"bench config {path}: task {t!r}: {e}") from None
-        if ev.images_per_prompt is not None:
-            task.images_per_prompt = ev.images_per_prompt
-        if ev.attack_prompts is not None:
-            task.attack.prompts = ev.attack_prompts
+        names.append(task.name)
         for s in cfg.seeds:
             try:
                 check_seed(s, "seed", eval_seed_span(task))
@@ -159,6 +269,10 @@ def load_config(path: Path) -> tuple[BenchConfig, dict]:
                              {"original": cfg.model, "unlearned": cfg.model})
         except UserError as e:
             raise UserError(f"bench config {path}: task {t!r}: {e}") from None
+    unknown = sorted(set(cfg.task_judges) - set(names))
+    if unknown:
+        raise UserError(f"bench config {path}: task_judges names task {unknown[0]!r}, which is not among its tasks "
+                        f"({', '.join(names)})")
     if cfg.evaluation.attacks is not None:
         from ..attacks.base import parse_attack_specs
 

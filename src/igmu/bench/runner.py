@@ -19,7 +19,7 @@ import time
 from pathlib import Path
 
 from ..errors import UserError
-from .config import BenchConfig, _task_path, load_config, method_preset, set_args, sha
+from .config import BenchConfig, _task_path, bench_task, load_config, method_preset, set_args, sha
 
 SCHEMA = "igmu-bench"
 SCHEMA_VERSION = 1
@@ -28,13 +28,13 @@ SCHEMA_VERSION = 1
 def plan_cells(cfg: BenchConfig, base: Path) -> list[dict]:
     from .. import __version__
     from ..evaluation.cache import model_fingerprint
-    from ..tasks import load_task
 
     model_fp = model_fingerprint(cfg.model)
     presets = {m.label: method_preset(cfg, m, base, model_fp) for m in cfg.methods}
     cells = []
     for t in cfg.tasks:
-        task = load_task(_task_path(t, base))
+        task = bench_task(cfg, t, base, evaluation=False)
+        spec_path = t if t.startswith("igmu:") else _task_path(t, base)
         for m in cfg.methods:
             p = presets[m.label]
             # the options the erasure runs with: the preset's values under the entry's own `set`
@@ -45,7 +45,7 @@ def plan_cells(cfg: BenchConfig, base: Path) -> list[dict]:
                         "evaluation": cfg.evaluation.model_dump(), "igmu": __version__, **cfg.runtime_key()}
                 cells.append({"id": sha(spec)[:16], "method_label": m.label, "method": m.method, "set": m.set,
                               "preset": p.manifest() if p else None, "task": task.name,
-                              "task_spec": _task_path(t, base), "seed": seed})
+                              "task_spec": spec_path, "seed": seed})
     return cells
 
 
@@ -120,7 +120,6 @@ def run_cell(cell: dict, bench_dir: str, cfg_dict: dict) -> dict:
     from ..evaluation.cache import Cache
     from ..evaluation.evaluate import EvalConfig, evaluate
     from ..generate import GenSettings
-    from ..tasks import load_task
     from ..utils.io import atomic_path, dumps_json
 
     t0 = time.perf_counter()
@@ -130,12 +129,8 @@ def run_cell(cell: dict, bench_dir: str, cfg_dict: dict) -> dict:
     if (cdir / "results.json").is_file():
         return {"id": cell["id"], "seconds": 0.0, "status": "cached"}
     cdir.mkdir(parents=True, exist_ok=True)
-    task = load_task(cell["task_spec"])
+    task = bench_task(cfg, cell["task_spec"], Path("."))
     ev = cfg.evaluation
-    if ev.images_per_prompt is not None:
-        task.images_per_prompt = ev.images_per_prompt
-    if ev.attack_prompts is not None:
-        task.attack.prompts = ev.attack_prompts
     runtime = cell_runtime(cfg)
     unlearned, cost = _erase(cell, task, cfg.model, cdir, runtime)
     res = evaluate(cfg.model, unlearned, task,
@@ -161,11 +156,11 @@ def _clean_stale(bdir: Path) -> None:
             p.unlink(missing_ok=True)
 
 
-def prepare(config: Path, out: Path) -> tuple[BenchConfig, dict, list[dict]]:
+def prepare(config: Path, out: Path, overrides: list[str] | None = None) -> tuple[BenchConfig, dict, list[dict]]:
     from ..utils.versions import versions as _versions
     from ..utils.io import atomic_path, check_out, dumps_json
 
-    cfg, raw = load_config(config)
+    cfg, raw = load_config(config, overrides)
     out = check_out(out, lambda o: (o / "bench.json").is_file(), "igmu bench folder")  # rerun: resume
     out.mkdir(parents=True, exist_ok=True)
     _clean_stale(out)
@@ -173,7 +168,7 @@ def prepare(config: Path, out: Path) -> tuple[BenchConfig, dict, list[dict]]:
     bench = {"schema": SCHEMA, "schema_version": SCHEMA_VERSION, "name": cfg.name,
              "config": cfg.model_dump(mode="json"),
              "provenance": {"versions": _versions(), "config_sha256": sha(cfg.model_dump(mode="json")),
-                            "config_file": str(config), "model": cfg.model,
+                            "config_file": str(config), "overrides": list(overrides or []), "model": cfg.model,
                             "model_fingerprint": None, "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())},
              "cells": cells}
     from ..evaluation.cache import model_fingerprint
@@ -246,8 +241,8 @@ def local_slots(todo: int, resources_cpus: float, parallel: int | None, threads:
 
 
 def run_bench(config: Path, out: Path, backend: str = "local", address: str | None = None, echo=print,
-              parallel: int | None = None, threads: int | None = None) -> dict:
-    cfg, bench, cells = prepare(config, out)
+              parallel: int | None = None, threads: int | None = None, overrides: list[str] | None = None) -> dict:
+    cfg, bench, cells = prepare(config, out, overrides)
     out = Path(out)
     todo = interleave_tasks([c for c in cells if not (out / "cells" / c["id"] / "results.json").is_file()])
     tr = _Tracker(len(cells), len(cells) - len(todo), echo)

@@ -349,7 +349,7 @@ class ClipHeadJudge(Judge):
 
     def canonical(self, concept: str) -> str | None:
         c = concept.strip().lower()
-        for v in (c, c.replace(" ", "_"), c.replace("_", " ")):
+        for v in (c, c.replace(" ", "_"), c.replace("_", " "), c.replace(" ", "")):  # Van Gogh -> vangogh
             if v in self.classes:
                 return v
         return None

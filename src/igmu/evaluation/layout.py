@@ -33,6 +33,7 @@ from pathlib import Path
 import numpy as np
 
 from ..errors import UserError
+from ..tasks.released import match_key  # noqa: F401  (the released prompt files' keys: one rule for tasks and layouts)
 
 _NAME = re.compile(r"^(\d+)_(\d+)_(\d+)\.(png|jpg|jpeg)$", re.I)
 IMAGE_EXTS = (".png", ".jpg", ".jpeg")
@@ -96,16 +97,6 @@ class Item:
     j: int
     k: int
     path: Path
-
-
-def match_key(concept: str, keys: list[str]) -> str | None:
-    """The prompt-file key of a concept folder: equal names, or a key whose kind prefix (object_, style_, ...)
-    dropped gives the name (Church -> object_church); None when none matches."""
-    c = _norm(concept)
-    hits = [k for k in keys if _norm(k) == c or ("_" in k and _norm(k.split("_", 1)[1]) == c)]
-    if len(hits) > 1:
-        raise UserError(f"concept folder {concept!r} matches several prompt-file keys ({', '.join(hits)}); rename it")
-    return hits[0] if hits else None
 
 
 class ReleasedLayout:

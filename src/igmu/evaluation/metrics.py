@@ -131,6 +131,10 @@ def kid(a, b, subsets: int = KID_SUBSETS, subset_size: int = KID_SUBSET_SIZE, se
 def fid_kid(a: np.ndarray, b: np.ndarray, seed: int = 0) -> dict:
     """FID and KID of two paired feature sets, each with a paired-bootstrap interval; KID's spread over subsets."""
     n = min(len(a), len(b))
+    if n < 2:  # a Gaussian (FID) and an unbiased MMD (KID) need two samples per set: no value, said so
+        nan = float("nan")
+        return {"fid": agg(nan, nan, nan, n), "kid": agg(nan, nan, nan, n), "kid_std": nan, "bootstrap_resamples": 0,
+                "skipped": f"FID/KID need at least 2 images per set (got {n})"}
     boot = BOOT_PAIRED if a.shape[1] <= 512 else BOOT_PAIRED_WIDE
     lo, hi = bootstrap_paired(lambda j: fid(a[j], b[j]), n, seed, boot)
     k, ks = kid(a, b, seed=seed)

@@ -1,6 +1,9 @@
 """CatIGMU tasks: the Task model and task sources (task.py), the taxonomy (catigmu.py), the planner (planner.py),
 prompt text helpers (prompts.py). World plug-ins register their task sources (the mini world: mini:<name>)."""
-from .task import SOURCES, Task, task_from_dict, task_from_file, task_sources, task_to_yaml  # noqa: F401
+from . import released as _released
+from .task import SOURCES, Task, register_source, task_from_dict, task_from_file, task_sources, task_to_yaml  # noqa: F401
+
+register_source("igmu", _released._source, _released._names)  # IGMU's released prompt files: igmu:nudity
 
 
 def load_task(spec: str) -> Task:
