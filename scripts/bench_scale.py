@@ -55,7 +55,7 @@ SCALE_BUDGET = {
                      "batch_size=2"],
     # methods III
     "speed": [], "cure": [], "adavd": [], "safree": [], "seot": [],
-    "gloce": ["n_gen=1", "n_anchor=1", "sample_steps=3"],
+    "gloce": ["n_gen=1", "n_anchor=1", "sample_steps=12"],  # its features are collected after st_timestep (10)
     "sdd": ["iterations=3", "sample_steps=3"],
     "esd-lora": ["iterations=3", "sample_steps=3"],
     "taskvector": ["iterations=3", "images=2", "sample_steps=3", "batch_size=2"],
