@@ -167,6 +167,7 @@ def main(argv=None) -> int:
             if a.device == "cpu" and need > have and not a.force:
                 rows[key] = {"status": f"not run: needs about {need} GB, {have:.0f} GB available"}
                 print(f"{m} {dtype}: {rows[key]['status']}", file=sys.stderr)
+                (work / "scale.json").write_text(json.dumps(rows, indent=1))
                 continue
             out = work / "artifacts" / f"{m}-{dtype}-{latent}"
             spec = json.dumps({"model": str(model), "method": m, "sets": SCALE_BUDGET[m], "out": str(out),
@@ -209,7 +210,8 @@ def table(rows: dict, device: str, latent: int, where: str, checkpointing: bool 
                 cells += [r["status"], "", ""]
             else:
                 c = r["cost"]
-                per = (f"{c['erase_seconds']:.1f} s in all (closed form)" if m in CLOSED_FORM or r["per_iteration"] is None
+                per = ("none: changes sampling, not weights" if c["params_changed"] == 0 else
+                       f"{c['erase_seconds']:.1f} s in all (closed form)" if m in CLOSED_FORM or r["per_iteration"] is None
                        else f"{r['per_iteration']:.1f}")
                 mem = f"{c['peak_rss_mb'] / 1024:.1f} GB RSS" + (f", {c['peak_gpu_mb'] / 1024:.1f} GB GPU"
                                                                  if c.get("peak_gpu_mb") is not None else "")
