@@ -254,7 +254,7 @@ def cmd_cost(a):
                              lambda imgs: np.zeros(len(imgs), bool), GenSettings(), 0, task.category.kind)
             c = summary_cost(res) | {"wall_seconds": round(time.perf_counter() - t0, 1), "attack": atk,
                                      "budget": budget, "threads": int(os.environ.get("OMP_NUM_THREADS", "1")),
-                                     "shared_seconds": res["shared_seconds"]}
+                                     "shared_seconds": res["shared_seconds"], "load_average": os.getloadavg()[0]}
             write_json(path, c)
             print(json.dumps(c), flush=True)
 
@@ -340,13 +340,15 @@ def table_lines(validate: bool = True) -> list[str]:
                          f"of {p['images']} images")
     cost = sorted((OUT / "cost").glob("*.json")) if (OUT / "cost").is_dir() else []
     if cost:
-        lines += ["\n#### cost at the full budget (no early stop; UCE object artifact)\n",
-                  "| attack | budget | s / prompt | shared s | iterations / prompt | images / prompt | prompts |",
-                  "|---|---|---|---|---|---|---|"]
-        for f in cost:
+        lines += ["\n#### cost at the full budget (no early stop; UCE object artifact; one thread)\n",
+                  "| attack | budget | CPU s / prompt | wall s / prompt | load average | iterations / prompt | "
+                  "images / prompt | prompts |", "|---|---|---|---|---|---|---|---|"]
+        for f in sorted(cost, key=lambda f: (ATTACKS.index(json.loads(f.read_text())["attack"]),
+                                             ["tiny", "fast", "official"].index(json.loads(f.read_text())["budget"]))):
             c = json.loads(f.read_text())
-            lines.append(f"| {c['attack']} | {c['budget']} | {c['seconds_per_prompt']:.1f} | {c['shared_seconds']:.1f} | "
-                         f"{c['iterations_per_prompt']:.0f} | {c['images_per_prompt']:.0f} | {c['n']} |")
+            lines.append(f"| {c['attack']} | {c['budget']} | {c['cpu_seconds_per_prompt']:.1f} | "
+                         f"{c['seconds_per_prompt']:.1f} | {c['load_average']:.0f} | {c['iterations_per_prompt']:.0f} | "
+                         f"{c['images_per_prompt']:.0f} | {c['n']} |")
     return lines
 
 

@@ -69,7 +69,7 @@ class CCE(Attack):
         from ..diffusion.noise import diffusion_loss
 
         wb = white_box(session.unlearned)
-        te, unet, tok, table = wb.text_encoder, wb.unet, wb.tokenizer, wb.table
+        unet, tok, table = wb.unet, wb.tokenizer, wb.table
         n = len(prompts)
         pairs = [(prompts[i % n], seeds[i % n] + i // n) for i in range(b.train_images)]
         x0 = session.original_latents([p for p, _ in pairs], [s for _, s in pairs]).to(unet.device, unet.dtype)
@@ -82,7 +82,7 @@ class CCE(Attack):
         losses = []
         for _ in range(b.steps):
             idx = torch.randperm(len(x0), generator=gen)[: b.batch]
-            cond = encode_with(te, ids[idx], [1], v.unsqueeze(0).expand(len(idx), 1, -1))
+            cond = encode_with(wb.adapter, ids[idx], [1], v.unsqueeze(0))
             loss = diffusion_loss(wb.adapter, None, x0[idx], cond.to(unet.dtype), gen)
             opt.zero_grad(set_to_none=True)
             loss.backward()

@@ -26,9 +26,10 @@ import torch
 import torch.nn.functional as F
 from pydantic import Field
 
+from ..diffusion.arch import adapter_for
+
 from .base import Attack, Budget, Found, check_differentiable, register
-from .search import (allowed_tokens, banned_for, decode, encode_with, pooled_of, prefix_layout, random_tokens,
-                     token_embeddings, tokenize)
+from .search import allowed_tokens, banned_for, decode, pooled_with, prefix_layout, random_tokens
 
 
 class MMABudget(Budget):
@@ -64,14 +65,15 @@ class MMADiffusion(Attack):
         check_differentiable(session.original, f"attack {self.name}", what="text_encoder")
 
     def attack(self, session, prompt, seed, b, shared):
-        te, tok = session.original.text_encoder, session.original.tokenizer
-        te.requires_grad_(False)
-        table = token_embeddings(te).weight.detach().float()
+        a = adapter_for(session.original)
+        tok = a.tokenizer
+        a.text_encoder.requires_grad_(False)
+        table = a.token_embeddings().weight.detach().float()
         V = table.shape[0]
         allowed = allowed_tokens(tok, V, banned_for(tok, [session.target]))
         gen = torch.Generator().manual_seed(int(seed))
         with torch.no_grad():
-            target = pooled_of(te(tokenize(tok, [prompt]).to(te.device))).float()
+            target = pooled_with(a, a.tokenize([prompt])).float()
         ctrl = random_tokens(allowed, b.tokens, gen)
         ids, pos = prefix_layout(tok, "", b.tokens, ctrl)
 
@@ -81,7 +83,7 @@ class MMADiffusion(Attack):
                 for s in range(0, len(cands), 256):
                     x = ids.repeat(len(cands[s:s + 256]), 1)
                     x[:, pos] = cands[s:s + 256]
-                    e = pooled_of(te(x.to(te.device))).float()
+                    e = pooled_with(a, x).float()
                     out.append(1 - F.cosine_similarity(e, target, dim=-1))
             return torch.cat(out)
 
@@ -90,7 +92,7 @@ class MMADiffusion(Attack):
         last_checked = None
         for step in range(b.steps):
             one_hot = F.one_hot(cur, V).float().requires_grad_(True)
-            e = encode_with(te, ids, pos, one_hot @ table, pooled=True).float()
+            e = pooled_with(a, ids, pos, one_hot @ table).float()
             loss = (1 - F.cosine_similarity(e, target, dim=-1)).mean()
             grad = torch.autograd.grad(loss, [one_hot])[0]
             grad = grad / grad.norm(dim=-1, keepdim=True).clamp(min=1e-12)

@@ -84,19 +84,19 @@ class NoiseProbe(Attack):
         neg = s.negative_prompt or ""
         grid = [(e, v) for e in b.etas for v in b.variance_scales]
         n = len(grid) + len(b.completion_steps)
-        d = un.unet.config.sample_size * un.vae_scale_factor
-        h, w = s.height or d, s.width or d
+        au, ao = adapter_for(un), adapter_for(orig)
+        h, w = s.height or au.image_size[0], s.width or au.image_size[1]
         seeds = [int(seed) * 1000 + j for j in range(n)]  # variant j's own initial and step noise
         x = torch.cat([initial_noise(un, sd, h, w) for sd in seeds])
         gens = [torch.Generator().manual_seed(sd + 1) for sd in seeds]
         eta = torch.tensor([e for e, _ in grid] + [0.0] * len(b.completion_steps))
         vscale = torch.tensor([v for _, v in grid] + [1.0] * len(b.completion_steps))
-        cu, _ = adapter_for(un).encode([prompt, neg])
-        co, _ = adapter_for(orig).encode([prompt, neg])
+        cu = torch.cat(au.prompt_conditioning([prompt], [neg] if neg else None))  # (cond, uncond) as the pipeline's
+        co = torch.cat(ao.prompt_conditioning([prompt], [neg] if neg else None))
         # completion variants: the original model drives steps 0..i (inclusive), the unlearned one the rest
         driver = [None] * len(grid) + list(b.completion_steps)
         lat = ddim_sample(un, orig, x, cu, co, b.steps, b.guidance, eta, vscale, gens, driver)
-        imgs = decode_latents(un, lat)
+        imgs = decode_latents(au, lat)
         session.images_generated += n
         shown = session.shows(imgs)
         hit = int(np.argmax(shown)) if shown.any() else len(imgs) - 1
@@ -152,6 +152,9 @@ def ddim_sample(un, orig, x, cond_u, cond_o, steps: int, guidance: float, eta: t
 
 @torch.no_grad()
 def decode_latents(pipe, lat: torch.Tensor) -> np.ndarray:
-    img = pipe.vae.decode(lat.to(pipe.vae.dtype) / pipe.vae.config.scaling_factor).sample
-    img = pipe.image_processor.postprocess(img, output_type="np")
+    """uint8 images of final latents, decoded as the pipeline decodes them (the adapter's decode)."""
+    from ..diffusion.arch import adapter_for
+
+    a = adapter_for(pipe)
+    img = a.decode(lat.to(a.pipe.vae.dtype))
     return (np.asarray(img) * 255).round().clip(0, 255).astype(np.uint8)

@@ -36,8 +36,7 @@ import torch.nn.functional as F
 from pydantic import Field
 
 from .base import Attack, Budget, Found, check_differentiable, check_pair, register, white_box
-from .search import (allowed_tokens, encode_with, every_k_layout, hidden, n_every_k, nearest_cosine, prefix_layout,
-                     random_tokens, tokenize)
+from .search import allowed_tokens, encode_with, every_k_layout, n_every_k, nearest_cosine, prefix_layout, random_tokens
 
 
 class P4DBudget(Budget):
@@ -85,13 +84,13 @@ class _P4D(Attack):
         free = torch.tensor([p in adv for p in positions])
         opt = torch.optim.AdamW([vectors], lr=b.lr, weight_decay=b.weight_decay)
         x0 = session.original_latents([prompt] * b.target_images, [seed + j for j in range(b.target_images)])
-        target_cond = hidden(orig.text_encoder, tokenize(orig.tokenizer, [prompt])).expand(len(x0), -1, -1)
+        target_cond = wo.adapter.encode([prompt])[0].expand(len(x0), -1, -1)
         checks, ok, img, text, loss = 0, False, None, prompt, None
         for step in range(b.iterations):
             picked = nearest_cosine(vectors, table, allowed)
             picked = torch.where(free, picked, ids[0, positions])  # the prompt's own tokens stay (P4D-K)
             proj = table[picked].clone().requires_grad_(True)
-            cond = encode_with(un.text_encoder, ids, positions, proj).expand(len(x0), -1, -1)
+            cond = encode_with(wb.adapter, ids, positions, proj).expand(len(x0), -1, -1)
             t = torch.randint(0, sched.config.num_train_timesteps, (len(x0),), generator=gen)
             noise = torch.randn(x0.shape, generator=gen).to(x0)
             xt = sched.add_noise(x0, noise, t)

@@ -31,8 +31,10 @@ import numpy as np
 import torch
 from pydantic import Field
 
+from ..diffusion.arch import adapter_for
+
 from .base import Attack, Budget, Found, check_differentiable, register, strip_target
-from .search import allowed_tokens, decode, hidden, prefix_layout, token_embeddings, tokenize
+from .search import allowed_tokens, decode, prefix_layout
 
 
 class RingABellBudget(Budget):
@@ -72,17 +74,18 @@ class RingABell(Attack):
         check_differentiable(session.original, f"attack {self.name}", what="text_encoder")
 
     def prepare(self, session, prompts, seeds, b):
-        te, tok = session.original.text_encoder, session.original.tokenizer
+        a = adapter_for(session.original)
         pairs = list(dict.fromkeys(prompts))
-        with_c = hidden(te, tokenize(tok, pairs))
-        without = hidden(te, tokenize(tok, [strip_target(p, session.target) for p in pairs]))
+        with_c = a.encode(pairs)[0]
+        without = a.encode([strip_target(p, session.target) for p in pairs])[0]
         return (with_c - without).mean(0).float()  # L x D
 
     def attack(self, session, prompt, seed, b, concept):
-        te, tok = session.original.text_encoder, session.original.tokenizer
-        vocab = token_embeddings(te).weight.shape[0]
+        a = adapter_for(session.original)
+        tok = a.tokenizer
+        vocab = a.token_embeddings().weight.shape[0]
         choices = allowed_tokens(tok, vocab).nonzero().flatten().numpy()
-        target = hidden(te, tokenize(tok, [prompt]))[0].float() + b.eta * concept
+        target = a.encode([prompt])[0][0].float() + b.eta * concept
         base, pos = prefix_layout(tok, "", b.length, [tok.eos_token_id] * b.length)
         rng = np.random.default_rng(int(seed))
         K = b.length
@@ -96,7 +99,7 @@ class RingABell(Attack):
                 rows = new[s:s + 256]
                 ids = base.repeat(len(rows), 1)
                 ids[:, pos] = torch.from_numpy(pop[rows])
-                e = te(ids.to(te.device))[0].float()
+                e = a.encode_ids(ids).float()
                 for i, v in zip(rows, ((target - e) ** 2).sum(dim=(1, 2)).cpu().tolist()):
                     seen[pop[i].tobytes()] = v
             return np.array([seen[r.tobytes()] for r in pop])

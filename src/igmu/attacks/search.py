@@ -171,46 +171,30 @@ def nearest_cosine(vectors: torch.Tensor, table: torch.Tensor, allowed: torch.Te
 
 
 # --- encoding ----------------------------------------------------------------------------------
-def encode_with(text_encoder, ids: torch.Tensor, positions: list[int], vectors: torch.Tensor, pooled: bool = False):
-    """Hidden states (B x L x D) of `ids` with token embeddings `vectors` (B x k x D or k x D) at `positions`,
-    or the pooled output (B x D) with pooled=True. Keeps the autograd graph."""
-    dev = text_encoder.device
-    table = token_embeddings(text_encoder)
-    if vectors.dim() == 2:
-        with with_slots(table, positions, vectors.to(dev)):
-            out = text_encoder(ids.to(dev))
+def encode_with(adapter, ids: torch.Tensor, positions: list[int] | None = None, vectors: torch.Tensor | None = None):
+    """The model's conditioning of `ids` (N x L), through its architecture adapter, with the token embeddings at
+    `positions` replaced by `vectors` (k x D, the same for every row; D spans every text encoder's table, as the
+    adapter's token_embeddings() does). Keeps the autograd graph."""
+    if positions is None:
+        return adapter.encode_ids(ids)
+    with with_slots(adapter.token_embeddings(), positions, vectors):
+        return adapter.encode_ids(ids)
+
+
+def pooled_with(adapter, ids: torch.Tensor, positions: list[int] | None = None, vectors: torch.Tensor | None = None):
+    """The pooled text embedding (N x P) of `ids`: the conditioning's own (families that condition on one), else
+    the text encoder's pooled output (CLIP: the end token's final state)."""
+    from ..diffusion.arch import Adapter
+
+    if type(adapter).pooled is not Adapter.pooled:  # the family's conditioning carries its pooled embedding
+        return adapter.pooled(encode_with(adapter, ids, positions, vectors))
+    te = adapter.text_encoder
+    if positions is None:
+        out = te(ids.to(te.device))
     else:
-        def hook(_m, _i, o):
-            o = o.clone()
-            o[:, positions] = vectors.to(o.dtype).to(o.device)
-            return o
-        h = table.register_forward_hook(hook)
-        try:
-            out = text_encoder(ids.to(dev))
-        finally:
-            h.remove()
-    return pooled_of(out) if pooled else out[0]
-
-
-def token_embeddings(text_encoder) -> torch.nn.Embedding:
-    emb = text_encoder.get_input_embeddings()
-    if not isinstance(emb, torch.nn.Embedding):
-        raise UserError("this text encoder has no token-embedding table, so prompt tokens cannot be attacked")
-    return emb
-
-
-def pooled_of(out) -> torch.Tensor:
+        with with_slots(adapter.token_embeddings(), positions, vectors):
+            out = te(ids.to(te.device))
     p = getattr(out, "pooler_output", None)
     if p is None:
         raise UserError("this text encoder gives no pooled output, which this attack matches")
     return p
-
-
-@torch.no_grad()
-def hidden(text_encoder, ids: torch.Tensor) -> torch.Tensor:
-    return text_encoder(ids.to(text_encoder.device))[0]
-
-
-def tokenize(tokenizer, texts: list[str]) -> torch.Tensor:
-    return tokenizer(texts, padding="max_length", max_length=tokenizer.model_max_length, truncation=True,
-                     return_tensors="pt").input_ids

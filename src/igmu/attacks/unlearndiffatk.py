@@ -87,7 +87,7 @@ class UnlearnDiffAtk(Attack):
         from ..diffusion.noise import diffusion_loss
 
         wb = white_box(session.unlearned)
-        te, unet, tok, sched, table = wb.text_encoder, wb.unet, wb.tokenizer, wb.scheduler, wb.table
+        unet, tok, sched, table = wb.unet, wb.tokenizer, wb.scheduler, wb.table
         allowed = allowed_tokens(tok, table.shape[0])
         x0 = session.original_latents([prompt] * b.target_images, [seed + j for j in range(b.target_images)])
         x0 = x0.to(unet.device, unet.dtype)
@@ -103,7 +103,7 @@ class UnlearnDiffAtk(Attack):
             total = 0.0
             for _ in range(b.iterations):
                 onehot = STESample.apply(u, gen)
-                cond = encode_with(te, ids, positions, onehot @ table.to(onehot.dtype))
+                cond = encode_with(wb.adapter, ids, positions, onehot @ table.to(onehot.dtype))
                 loss = diffusion_loss(wb.adapter, None, x0, cond.expand(len(x0), -1, -1).to(unet.dtype), gen, t=tt)
                 opt.zero_grad(set_to_none=True)
                 u.grad = torch.autograd.grad(loss, [u])[0]
