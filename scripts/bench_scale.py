@@ -210,7 +210,8 @@ def table(rows: dict, device: str, latent: int, where: str, checkpointing: bool 
                 cells += [r["status"], "", ""]
             else:
                 c = r["cost"]
-                per = ("none: changes sampling, not weights" if c["params_changed"] == 0 else
+                per = (f"{c['erase_seconds']:.1f} s in all (an inference-time artifact: no weights changed)"
+                       if c["params_changed"] == 0 else
                        f"{c['erase_seconds']:.1f} s in all (closed form)" if m in CLOSED_FORM or r["per_iteration"] is None
                        else f"{r['per_iteration']:.1f}")
                 mem = f"{c['peak_rss_mb'] / 1024:.1f} GB RSS" + (f", {c['peak_gpu_mb'] / 1024:.1f} GB GPU"
