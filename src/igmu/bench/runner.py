@@ -79,9 +79,10 @@ def _preset(cell: dict):
     return PresetChoice(p["file"], p["entry"], p["values"], p["sha256"], p["model_fingerprint"])
 
 
-def _erase(cell: dict, task, model: str, cdir: Path, runtime=None) -> tuple[str, dict]:
-    """Erase the task's targets; returns (model spec to evaluate, cost). Chained when the task is sequential
-    (or 'many' with a single-concept method): step k erases target k from the merged result of step k-1."""
+def _erase(cell: dict, task, model: str, cdir: Path, runtime=None) -> tuple[str, dict, list[str]]:
+    """Erase the task's targets; returns (model spec to evaluate, cost, the merged model after each step).
+    Chained when the task is sequential (or 'many' with a single-concept method): step k erases target k from
+    the merged result of step k-1; unchained, the list of steps is empty."""
     from ..artifacts import export_merged, is_artifact, load_artifact
     from ..erase import run_erase
     from ..methods import get_method
@@ -96,8 +97,8 @@ def _erase(cell: dict, task, model: str, cdir: Path, runtime=None) -> tuple[str,
         if not is_artifact(art):
             run_erase(model, cell["method"], targets, task.anchor, list(task.preserve), None, sets, art,
                       runtime=runtime, preset=_preset(cell))
-        return str(art), {"method": cell["method"], **load_artifact(art)[0]["cost"]}
-    base, steps = model, []
+        return str(art), {"method": cell["method"], **load_artifact(art)[0]["cost"]}, []
+    base, steps, models = model, [], []
     for k, t in enumerate(targets):
         sdir = cdir / "steps" / str(k)
         art, merged = sdir / "artifact", sdir / "merged"
@@ -108,11 +109,39 @@ def _erase(cell: dict, task, model: str, cdir: Path, runtime=None) -> tuple[str,
             export_merged(art, merged)
         steps.append({"target": t, **load_artifact(art)[0]["cost"]})
         base = str(merged)
+        models.append(base)
     cost = {"method": cell["method"], "chained_steps": steps,
             "erase_seconds": round(sum(s["erase_seconds"] for s in steps), 3),
             "peak_rss_mb": max(s["peak_rss_mb"] for s in steps),
             "params_changed": max(s["params_changed"] for s in steps)}
-    return base, cost
+    return base, cost, models
+
+
+STEP_ASPECTS = ("forgetting", "preservation")  # what a sequential cell scores after every step
+
+
+def score_steps(cfg: BenchConfig, task, models: list[str], final: dict, cell: dict, runtime, cache) -> list[dict]:
+    """A chained cell scored after every step, not only after the last: the merged model of step k evaluated
+    on the whole task (every target's forgetting: the ones erased so far and the ones still to come) for the
+    config's aspects among STEP_ASPECTS (forgetting at least). The last step is the cell's own evaluation."""
+    from ..evaluation.evaluate import EvalConfig, evaluate
+    from ..generate import GenSettings
+
+    ev = cfg.evaluation
+    aspects = [a for a in cfg.aspects if a in STEP_ASPECTS] or ["forgetting"]
+    out = []
+    for k, (t, m) in enumerate(zip(task.targets, models)):
+        if k == len(models) - 1:
+            aggs = {a: final["aggregates"][a] for a in aspects if a in final["aggregates"]}
+        else:
+            res = evaluate(cfg.model, m, task,
+                           EvalConfig(aspects=aspects, judge=ev.judge, clip=ev.clip, perceptual=ev.perceptual,
+                                      lpips_weights=ev.lpips_weights,
+                                      settings=GenSettings(steps=ev.steps, guidance=ev.guidance), seed=cell["seed"],
+                                      runtime=runtime), cache)
+            aggs = res["aggregates"]
+        out.append({"step": k, "target": t, "erased": list(task.targets[:k + 1]), "aggregates": aggs})
+    return out
 
 
 def run_cell(cell: dict, bench_dir: str, cfg_dict: dict) -> dict:
@@ -132,13 +161,16 @@ def run_cell(cell: dict, bench_dir: str, cfg_dict: dict) -> dict:
     task = bench_task(cfg, cell["task_spec"], Path("."))
     ev = cfg.evaluation
     runtime = cell_runtime(cfg)
-    unlearned, cost = _erase(cell, task, cfg.model, cdir, runtime)
+    unlearned, cost, step_models = _erase(cell, task, cfg.model, cdir, runtime)
+    cache = Cache(bdir / "cache")
     res = evaluate(cfg.model, unlearned, task,
                    EvalConfig(aspects=cfg.aspects, judge=ev.judge, clip=ev.clip, features=ev.features, attacks=ev.attacks,
                               perceptual=ev.perceptual, fid_weights=ev.fid_weights, lpips_weights=ev.lpips_weights,
                               settings=GenSettings(steps=ev.steps, guidance=ev.guidance), seed=cell["seed"],
                               runtime=runtime),
-                   Cache(bdir / "cache"))
+                   cache)
+    if len(step_models) > 1:
+        res["steps"] = score_steps(cfg, task, step_models, res, cell, runtime, cache)
     res["cost"] = cost
     res["unlearned"] = str(Path(unlearned).relative_to(bdir)) if Path(unlearned).is_relative_to(bdir) else unlearned
     res["cell"] = {k: cell.get(k) for k in ("id", "method_label", "method", "set", "preset", "task", "seed")}
