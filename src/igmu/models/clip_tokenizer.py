@@ -36,7 +36,7 @@ def bpe_vocab_path() -> Path:
                     "install it without its dependencies: pip install --no-deps open-clip-torch==3.3.0")
 
 
-def _bytes_to_unicode() -> dict[int, str]:
+def bytes_to_unicode() -> dict[int, str]:
     """CLIP's (and GPT-2's) reversible byte -> printable unicode map."""
     bs = list(range(ord("!"), ord("~") + 1)) + list(range(ord("¡"), ord("¬") + 1)) + list(range(ord("®"), ord("ÿ") + 1))
     cs = bs[:]
@@ -53,7 +53,7 @@ def write_tokenizer_files(out: Path) -> Path:
     """vocab.json and merges.txt of CLIP's tokenizer, from the open-clip-torch vocabulary file."""
     lines = gzip.open(bpe_vocab_path()).read().decode("utf-8").split("\n")
     merges = [tuple(m.split()) for m in lines[1:N_MERGES + 1]]
-    vocab = list(_bytes_to_unicode().values())
+    vocab = list(bytes_to_unicode().values())
     vocab = vocab + [v + "</w>" for v in vocab]
     vocab += ["".join(m) for m in merges]
     vocab += ["<|startoftext|>", "<|endoftext|>"]

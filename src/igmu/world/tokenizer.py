@@ -15,20 +15,10 @@ from pathlib import Path
 
 import numpy as np
 
+from ..models.clip_tokenizer import bytes_to_unicode  # CLIP's byte -> unicode map, shared with the real tokenizer
+
 BOS, EOS = "<|startoftext|>", "<|endoftext|>"
 _PAT = re.compile(r"""'s|'t|'re|'ve|'m|'ll|'d|[\p{L}]+|[\p{N}]|[^\s\p{L}\p{N}]+""".replace(r"\p{L}", "a-zA-Z\u00c0-\u024f").replace(r"\p{N}", "0-9"))
-
-
-def bytes_to_unicode() -> dict[int, str]:
-    bs = list(range(ord("!"), ord("~") + 1)) + list(range(ord("¡"), ord("¬") + 1)) + list(range(ord("®"), ord("ÿ") + 1))
-    cs = bs[:]
-    n = 0
-    for b in range(256):
-        if b not in bs:
-            bs.append(b)
-            cs.append(256 + n)
-            n += 1
-    return dict(zip(bs, map(chr, cs)))
 
 
 def _symbols(word: str, b2u: dict[int, str]) -> tuple[str, ...]:
