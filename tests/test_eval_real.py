@@ -128,8 +128,8 @@ def test_lpips_runs_on_512px_images(alexnet_weights):
 
     import torchmetrics.functional.image.lpips as tl
 
-    shipped = torch.load(Path(inspect.getfile(tl)).parent / "lpips_models" / "alex.pth", map_location="cpu",
-                         weights_only=True)
+    alex = Path(inspect.getfile(tl)).parent / "lpips_models" / "alex.pth"
+    shipped = torch.load(alex, map_location="cpu", weights_only=True)
     assert all(torch.equal(lp.net.state_dict()[k], v) for k, v in shipped.items())  # torchmetrics' learned layers
     rng = np.random.default_rng(0)
     a = rng.integers(0, 256, (2, 512, 512, 3), dtype=np.uint8)

@@ -7,7 +7,7 @@ Inception3 names, 1008-class fc, no auxiliary head). Why a local definition:
   * torchvision cannot be imported on these machines (its wheels link CUDA torch), and pytorch-fid builds the
     network from torchvision;
   * torch-fidelity's FeatureExtractorInceptionV3 needs no torchvision, but its package __init__ does, and its
-    constructor either downloads the weights or reads them with torch.load(weights_only=False) (unpickling).
+    constructor either downloads the weights or unpickles them (a full, not weights-only, load).
 So the architecture is written out below with the same module names, and the weights are read from a LOCAL
 file with torch.load(weights_only=True) (a plain state dict; no code is unpickled). It follows torch-fidelity's
 extractor: TF1-exact bilinear resize to 299 x 299, (x - 128) / 128, the TF-compatible blocks (average pools
