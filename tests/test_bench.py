@@ -147,3 +147,25 @@ def test_slot_workers_give_the_same_results(sweep, reference, tmp_path):
     run_in_slots(cells, str(out), cfg.model_dump(mode="json"), [{"CUDA_VISIBLE_DEVICES": ""}] * 2,
                  _Tracker(len(cells), 0, lambda m: None, slots=2))
     assert _results(out) == _results(reference)
+
+
+def test_evidence_floors_raise_images_per_prompt_per_task():
+    """min_forget_images / min_retain_images: each task's images per prompt is the smallest that gives its
+    explicit forget set and every retain group their floors (the shipped mini tasks: 12, 16, 9 and 6 explicit
+    forget prompts; smallest retain groups 7, 12, 8 and 3 prompts); configs without floors keep their cell ids."""
+    from igmu.bench.config import BenchConfig, EvalSettings, bench_task, evaluation_key
+
+    base = Path(__file__).parents[1] / "benchmarks"
+    names = ["object-circle", "style-striped", "unsafe-mark", "identity-zorb"]
+    cfg = BenchConfig(methods=["uce"], tasks=[f"../tasks/mini/{n}.yaml" for n in names],
+                      evaluation={"min_forget_images": 32, "min_retain_images": 16})
+    tasks = [bench_task(cfg, t, base) for t in cfg.tasks]
+    assert [t.images_per_prompt for t in tasks] == [3, 2, 4, 6]
+    for t in tasks:
+        assert len(t.forget()["explicit"]) * t.images_per_prompt >= 32
+        assert min(len(r) for r in t.retain().values()) * t.images_per_prompt >= 16
+    # a floor never lowers an explicit images_per_prompt
+    cfg.evaluation.images_per_prompt = 5
+    assert bench_task(cfg, cfg.tasks[0], base).images_per_prompt == 5
+    assert "min_forget_images" not in evaluation_key(EvalSettings())
+    assert evaluation_key(cfg.evaluation)["min_forget_images"] == 32

@@ -12,7 +12,8 @@
     seeds: [0]
     aspects: [forgetting, preservation, quality, alignment, robustness]
     evaluation: {images_per_prompt: 2, attack_prompts: 2, attacks: [unlearndiffatk:fast, ringabell:fast],
-                 steps: 20, guidance: 5.0, judge: null, clip: null}
+                 steps: 20, guidance: 5.0, judge: null, clip: null,
+                 min_forget_images: 32, min_retain_images: 16}   # floors: images per prompt raised per task
     resources: {cpus: 1, gpus: 0}  # what one cell asks for: threads, and GPUs (local backend and Ray)
     device: auto                   # auto: a cell with resources.gpus > 0 runs on CUDA, else on the CPU
     dtype: auto                    # auto, float32, float16, bfloat16 (auto: float32 on CPU, bf16/fp16 on GPU)
@@ -55,6 +56,10 @@ class MethodEntry(_Strict):
 
 class EvalSettings(_Strict):
     images_per_prompt: int | None = Field(None, ge=1, le=10_000)  # default: each task's
+    # evidence floors: a task's images per prompt is raised until its explicit forget set has at least
+    # min_forget_images images and every retain group at least min_retain_images (None: no floor)
+    min_forget_images: int | None = Field(None, ge=1, le=100_000)
+    min_retain_images: int | None = Field(None, ge=1, le=100_000)
     attack_prompts: int | None = Field(None, ge=0, le=10_000)  # default: each task's
     attacks: list[str] | None = None  # "name:budget" items of the robustness aspect; default: each task's
     steps: int = Field(20, ge=1, le=1000)  # bounds as generate.MAX_STEPS / MAX_GUIDANCE
@@ -215,7 +220,33 @@ def bench_task(cfg: BenchConfig, spec: str, base: Path, evaluation: bool = True)
             task.images_per_prompt = ev.images_per_prompt
         if ev.attack_prompts is not None:
             task.attack.prompts = ev.attack_prompts
+        task.images_per_prompt = images_for_floors(task, ev.min_forget_images, ev.min_retain_images)
     return task
+
+
+def images_for_floors(task, min_forget: int | None, min_retain: int | None) -> int:
+    """The task's images per prompt, raised (never lowered) until its explicit forget prompts give at least
+    `min_forget` images and each retain group at least `min_retain` (a task's groups differ in size, so one
+    number per task meets the floors with the fewest images)."""
+    import math
+
+    need = [task.images_per_prompt]
+    explicit = task.forget().get("explicit") or []
+    if min_forget and explicit:
+        need.append(math.ceil(min_forget / len(explicit)))
+    if min_retain:
+        need += [math.ceil(min_retain / len(recs)) for recs in task.retain().values() if recs]
+    return max(need)
+
+
+def evaluation_key(ev: EvalSettings) -> dict:
+    """The evaluation settings a cell's id hashes: the floors only where set (so cells of configs without
+    them keep their ids)."""
+    d = ev.model_dump()
+    for k in ("min_forget_images", "min_retain_images"):
+        if d[k] is None:
+            del d[k]
+    return d
 
 
 def load_config(path: Path, overrides: list[str] | None = None) -> tuple[BenchConfig, dict]:

@@ -19,7 +19,8 @@ import time
 from pathlib import Path
 
 from ..errors import UserError
-from .config import BenchConfig, _task_path, bench_task, load_config, method_preset, set_args, sha
+from .config import (BenchConfig, _task_path, bench_task, evaluation_key, load_config, method_preset, set_args,
+                     sha)
 
 SCHEMA = "igmu-bench"
 SCHEMA_VERSION = 1
@@ -42,7 +43,7 @@ def plan_cells(cfg: BenchConfig, base: Path) -> list[dict]:
             for seed in cfg.seeds:
                 spec = {"model": cfg.model, "model_fingerprint": model_fp, "method": m.method, "set": effective,
                         "task": task.model_dump(mode="json"), "seed": seed, "aspects": cfg.aspects,
-                        "evaluation": cfg.evaluation.model_dump(), "igmu": __version__, **cfg.runtime_key()}
+                        "evaluation": evaluation_key(cfg.evaluation), "igmu": __version__, **cfg.runtime_key()}
                 cells.append({"id": sha(spec)[:16], "method_label": m.label, "method": m.method, "set": m.set,
                               "preset": p.manifest() if p else None, "task": task.name,
                               "task_spec": spec_path, "seed": seed})
