@@ -28,12 +28,13 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import subprocess
 import sys
 import tempfile
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from revision_sides import ROOT, resolve_rev, revision_tree, run_sides  # noqa: E402
+
 SETTINGS = {"esd": {"default": ["train_method=xattn"], "strong": ["train_method=xattn", "lr=2e-3"]},
             "advunlearn": {"default": []}}
 KINDS = {"circle": "object", "striped": "style", "hex mark": "unsafe"}
@@ -135,35 +136,18 @@ def main(argv=None) -> int:
                 if a.iterations:
                     sets.append(f"iterations={a.iterations}")
                 cases.append({"id": f"{setting}-{target.replace(' ', '_')}-s{seed}", "target": target, "sets": sets})
-    rev = subprocess.run(["git", "-C", str(ROOT), "rev-parse", "--short", a.rev], capture_output=True, text=True)
-    if rev.returncode:
-        print(f"error: unknown revision {a.rev!r}", file=sys.stderr)
+    rev = resolve_rev(a.rev)
+    if rev is None:
         return 2
-    rev = rev.stdout.strip()
     tmp = Path(tempfile.mkdtemp(prefix="igmu-batched-"))
-    wt = tmp / f"rev-{rev}"
-    try:
-        subprocess.run(["git", "-C", str(ROOT), "worktree", "add", "--detach", "-f", str(wt), rev], check=True,
-                       capture_output=True)
-        env = dict(os.environ, OMP_NUM_THREADS=os.environ.get("OMP_NUM_THREADS", "1"),
-                   MKL_NUM_THREADS=os.environ.get("MKL_NUM_THREADS", "1"))
-        procs = []
-        for side, src in (("revision", wt / "src"), ("working", ROOT / "src")):
-            out = tmp / side
-            out.mkdir()
-            spec = {"out": str(out), "src": str(src), "cases": cases, "n": a.n, "method": a.method, "side": side,
+    with revision_tree(rev, tmp) as wt:
+        def spec(side, src, out):
+            return {"out": str(out), "src": str(src), "cases": cases, "n": a.n, "method": a.method, "side": side,
                     "working_sets": [x for x in a.working_sets.split(",") if x]}
-            (tmp / f"{side}.json").write_text(json.dumps(spec))
-            print(f"{len(cases)} {a.method} runs with the {side} code ({src})", file=sys.stderr, flush=True)
-            p = subprocess.Popen([sys.executable, __file__, "--driver", str(tmp / f"{side}.json")],
-                                 env=dict(env, PYTHONPATH=str(src)), cwd=str(tmp))
-            procs.append(p)
-            if a.jobs < 2:
-                p.wait()
-        for p in procs:
-            if p.wait():
-                print("error: a driver failed", file=sys.stderr)
-                return 1
+
+        if not run_sides(__file__, tmp, wt, a.jobs, spec,
+                         lambda side, src, _: f"{len(cases)} {a.method} runs with the {side} code ({src})"):
+            return 1
         ra = json.loads((tmp / "revision" / "runs.json").read_text())
         rb = json.loads((tmp / "working" / "runs.json").read_text())
         path = a.json or ROOT / "out" / "bench" / f"batched-{a.method}.json"
@@ -172,12 +156,6 @@ def main(argv=None) -> int:
                                     "revision": ra, "working": rb}, indent=1))
         print(report(cases, ra, rb, rev, a.working_sets))
         return 0
-    finally:
-        subprocess.run(["git", "-C", str(ROOT), "worktree", "remove", "--force", str(wt)], capture_output=True)
-        import shutil
-
-        shutil.rmtree(tmp, ignore_errors=True)
-
 
 if __name__ == "__main__":
     sys.exit(main())

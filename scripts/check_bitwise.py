@@ -23,8 +23,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import subprocess
 import sys
 import tempfile
 import time
@@ -32,7 +30,8 @@ from pathlib import Path
 
 import numpy as np
 
-ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from revision_sides import ROOT, resolve_rev, revision_tree, run_sides  # noqa: E402
 
 # small budgets: a few iterations of every loop (the defaults would take an hour)
 BUDGET = {
@@ -210,39 +209,22 @@ def main(argv=None) -> int:
     if bad:
         print(f"error: unknown method or model {bad[0]!r}", file=sys.stderr)
         return 2
-    rev = subprocess.run(["git", "-C", str(ROOT), "rev-parse", "--short", a.rev], capture_output=True, text=True)
-    if rev.returncode:
-        print(f"error: unknown revision {a.rev!r}", file=sys.stderr)
+    rev = resolve_rev(a.rev)
+    if rev is None:
         return 2
-    rev = rev.stdout.strip()
     tmp = Path(a.keep or tempfile.mkdtemp(prefix="igmu-bitwise-")).resolve()
     tmp.mkdir(parents=True, exist_ok=True)
-    wt = tmp / f"rev-{rev}"
     t0 = time.perf_counter()
-    try:
-        subprocess.run(["git", "-C", str(ROOT), "worktree", "add", "--detach", "-f", str(wt), rev], check=True,
-                       capture_output=True)
+    with revision_tree(rev, tmp, keep=bool(a.keep)) as wt:
         multi = _multi(methods)
         spec_models = build_models(tmp, models)
-        env = dict(os.environ, OMP_NUM_THREADS=os.environ.get("OMP_NUM_THREADS", "1"),
-                   MKL_NUM_THREADS=os.environ.get("MKL_NUM_THREADS", "1"))
-        procs = []
-        for side, src in (("revision", wt / "src"), ("working", ROOT / "src")):
-            out = tmp / side
-            out.mkdir(exist_ok=True)
-            spec = {"out": str(out), "src": str(src), "models": spec_models, "cases": cases(methods, models, multi)}
-            (tmp / f"{side}.json").write_text(json.dumps(spec))
-            print(f"running {len(spec['cases'])} erasures with the {side} code ({src})", file=sys.stderr, flush=True)
-            p = subprocess.Popen([sys.executable, __file__, "--driver", str(tmp / f"{side}.json")],
-                                 env=dict(env, PYTHONPATH=str(src)), cwd=str(tmp))
-            procs.append(p)
-            if a.jobs < 2:
-                p.wait()
-        for p in procs:
-            p.wait()
-            if p.returncode:
-                print("error: a driver failed", file=sys.stderr)
-                return 1
+
+        def spec(side, src, out):
+            return {"out": str(out), "src": str(src), "models": spec_models, "cases": cases(methods, models, multi)}
+
+        if not run_sides(__file__, tmp, wt, a.jobs, spec,
+                         lambda side, src, sp: f"running {len(sp['cases'])} erasures with the {side} code ({src})"):
+            return 1
         st_a = json.loads((tmp / "revision" / "status.json").read_text())
         st_b = json.loads((tmp / "working" / "status.json").read_text())
         n_bad = 0
@@ -263,12 +245,6 @@ def main(argv=None) -> int:
         n = len(cases(methods, models, multi))
         print(f"{n - n_bad} of {n} identical (revision {rev} vs working tree; {time.perf_counter() - t0:.0f} s)")
         return 1 if n_bad else 0
-    finally:
-        subprocess.run(["git", "-C", str(ROOT), "worktree", "remove", "--force", str(wt)], capture_output=True)
-        if not a.keep:
-            import shutil
-
-            shutil.rmtree(tmp, ignore_errors=True)
 
 
 def _multi(methods: list[str]) -> dict[str, bool]:
