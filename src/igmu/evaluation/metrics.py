@@ -12,6 +12,8 @@ library's statistic on resampled features instead of re-running the network.
 """
 from __future__ import annotations
 
+import warnings
+
 import numpy as np
 import torch
 
@@ -94,7 +96,10 @@ def _metric(kind: str, dim: int, **kw):
             from torchmetrics.image.fid import FrechetInceptionDistance as Cls
         else:
             from torchmetrics.image.kid import KernelInceptionDistance as Cls
-        _METRICS[key] = Cls(feature=_Given(dim), **kw)
+        with warnings.catch_warnings():
+            # KID warns that it buffers every feature; igmu's sets are a few hundred features wide
+            warnings.filterwarnings("ignore", message=".*will save all extracted features in buffer.*")
+            _METRICS[key] = Cls(feature=_Given(dim), **kw)
     m = _METRICS[key]
     m.reset()
     return m
