@@ -32,6 +32,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 from pathlib import Path
 
 import re
@@ -228,8 +229,6 @@ def images_for_floors(task, min_forget: int | None, min_retain: int | None) -> i
     """The task's images per prompt, raised (never lowered) until its explicit forget prompts give at least
     `min_forget` images and each retain group at least `min_retain` (a task's groups differ in size, so one
     number per task meets the floors with the fewest images)."""
-    import math
-
     need = [task.images_per_prompt]
     explicit = task.forget().get("explicit") or []
     if min_forget and explicit:
