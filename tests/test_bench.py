@@ -135,6 +135,36 @@ def test_shipped_bench_configs_are_valid(name, monkeypatch):
     assert cfg.methods and cfg.tasks
 
 
+def test_extends_shares_fields_and_cells(tmp_path):
+    """A variant config (`extends:`) takes the other config's fields and replaces only those it gives; the seed
+    variant's seed-0 cells are the main config's object cells (same ids), so it can resume a main run's folder.
+    Loops, paths outside the folder and missing files are one-line errors."""
+    from igmu.bench.config import load_config
+    from igmu.bench.runner import plan_cells
+    from igmu.errors import UserError
+
+    bdir = Path(__file__).parents[1] / "benchmarks"
+    main, _ = load_config(bdir / "mini.yaml")
+    seeds, _ = load_config(bdir / "mini-seeds.yaml")
+    published, _ = load_config(bdir / "mini-published.yaml")
+    assert [m.label for m in seeds.methods] == [m.label for m in main.methods] == [m.label for m in published.methods]
+    assert (seeds.seeds, len(seeds.tasks), published.preset, main.preset) == ([0, 1, 2], 1, "published",
+                                                                               "../presets/mini.yaml")
+    assert seeds.evaluation == main.evaluation == published.evaluation
+    main.methods, seeds.methods = main.methods[:2], seeds.methods[:2]
+    main_ids = {c["id"] for c in plan_cells(main, bdir) if c["task"] == "object-circle"}
+    seed0 = {c["id"] for c in plan_cells(seeds, bdir) if c["seed"] == 0}
+    assert main_ids == seed0 and len(seed0) == 2
+
+    (tmp_path / "a.yaml").write_text("extends: b.yaml\nname: a\n")
+    (tmp_path / "b.yaml").write_text("extends: a.yaml\n")
+    (tmp_path / "c.yaml").write_text("extends: ../mini.yaml\n")
+    (tmp_path / "d.yaml").write_text("extends: nothere.yaml\n")
+    for name, needle in [("a", "loops back"), ("c", "in the same folder"), ("d", "not a file")]:
+        with pytest.raises(UserError, match=needle):
+            load_config(tmp_path / f"{name}.yaml")
+
+
 @pytest.mark.slow
 def test_slot_workers_give_the_same_results(sweep, reference, tmp_path):
     """The local backend's per-GPU worker processes (here two CPU slots: no GPU on the test machine) give the

@@ -248,6 +248,27 @@ def evaluation_key(ev: EvalSettings) -> dict:
     return d
 
 
+def load_extended(path: Path, seen: tuple[Path, ...] = ()) -> dict:
+    """A bench config's mapping with `extends: OTHER.yaml` resolved: the other config's fields, each one the
+    file itself gives replacing it whole (a variant names only what differs, e.g. its name, tasks or seeds).
+    The other config must lie in the same folder, so relative task and preset paths mean the same in both."""
+    path = Path(path)
+    raw = load_mapping(path, "bench config")
+    parent = raw.pop("extends", None)
+    if parent is None:
+        return raw
+    where = f"bench config {path}"
+    if not isinstance(parent, str) or Path(parent).name != parent:
+        raise UserError(f"{where}: extends must name a config file in the same folder (e.g. extends: mini.yaml), "
+                        f"got {parent!r}")
+    target = path.parent / parent
+    if target.resolve() in {p.resolve() for p in (*seen, path)}:
+        raise UserError(f"{where}: extends {parent!r} loops back to a config already being extended; remove the loop")
+    if not target.is_file():
+        raise UserError(f"{where}: extends {parent!r}, which is not a file in {path.parent}; fix the name")
+    return {**load_extended(target, (*seen, path)), **raw}
+
+
 def load_config(path: Path, overrides: list[str] | None = None) -> tuple[BenchConfig, dict]:
     """The validated config and its raw mapping (after --set overrides and ${NAME} expansion); every mistake
     is one line naming the field or name."""
@@ -257,7 +278,7 @@ def load_config(path: Path, overrides: list[str] | None = None) -> tuple[BenchCo
 
     path = Path(path)
     where = f"bench config {path}"
-    raw = expand_env(apply_overrides(load_mapping(path, "bench config"), overrides, where), where)
+    raw = expand_env(apply_overrides(load_extended(path), overrides, where), where)
     try:
         cfg = BenchConfig(**raw)
     except ValidationError as e:
