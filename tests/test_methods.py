@@ -116,3 +116,47 @@ def test_uce_official_preservation_and_variants(tiny_sd1, tmp_path):
     with pytest.raises(UserError, match="empty preserved concept"):
         run_erase(base, "uce", ["circle"], None, [""], None, [], tmp_path / "empty")
     assert not same(runs["official"], runs["new"]) and not same(runs["none"], runs["official"])
+
+
+def test_uce_last_edits_the_last_word_row():
+    """On the mini model, token_rows=last (uce_sd_erase.py) maps the concept's last-word row (mask.sum() - 2)
+    onto the anchor's through every to_k / to_v, and does not bring the rows after it (EOS, padding) towards the
+    anchor's, which token_rows=to_end (train_erase.py) does. Those later rows are where the mini UNet reads
+    the concept (scripts/diagnose_token_rows.py, docs/methods.md), hence last's null result there."""
+    import copy
+
+    from igmu.methods.base import EraseRequest
+    from igmu.methods.uce import UCE, UCEConfig
+
+    orig = load_model("mini")
+    a = adapter_for(orig)
+    hs, mask = a.encode(["circle", "square"])
+    hs = hs.double()
+    last = int(mask[0].sum()) - 2
+    assert last == 1 and int(mask[1].sum()) - 2 == 1  # one word token each: [start, word, EOS, padding...]
+
+    def gaps(token_rows):
+        """Per row, summed over every to_k and to_v: (|W' h_circle - W h_square|, |W h_circle - W h_square|)."""
+        pipe = copy.deepcopy(orig)
+        UCE().erase(pipe, EraseRequest(["circle"], "square"), UCEConfig(token_rows=token_rows))
+        edited = dict(adapter_for(pipe).cross_attentions())
+        after = before = 0
+        with torch.no_grad():
+            for name, a0 in a.cross_attentions():
+                for W0, W1 in ((a0.to_k, edited[name].to_k), (a0.to_v, edited[name].to_v)):
+                    W0, W1 = W0.weight.double(), W1.weight.double()
+                    after = after + (hs[0] @ W1.T - hs[1] @ W0.T).norm(dim=-1)
+                    before = before + ((hs[0] - hs[1]) @ W0.T).norm(dim=-1)
+        assert before[last:].min() > 0  # the concept's row and every later row differ between the two concepts
+        return after, before
+
+    (a_last, b), (a_end, _) = gaps("last"), gaps("to_end")
+    # the last-word row: mapped onto the anchor's by last (lamb 0.5 against |k|^2 ~ 119 leaves well under 1%)
+    assert a_last[last] / b[last] < 0.01, float(a_last[last] / b[last])
+    assert a_last[last] < 0.2 * a_end[last]  # to_end shares the edit with the aligned later rows: less exact here
+    # the rows after it (EOS and padding), the rows to_end also edits: to_end brings them towards the anchor's
+    # rows, last leaves them as far from them as before, or farther
+    later = slice(last + 1, None)
+    r_last, r_end = float(a_last[later].sum() / b[later].sum()), float(a_end[later].sum() / b[later].sum())
+    assert r_end < 0.5, r_end
+    assert r_last > 0.9, r_last
