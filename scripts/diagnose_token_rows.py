@@ -137,7 +137,7 @@ def main():
     from igmu.evaluation.judges import get_judge
     from igmu.methods.base import EraseRequest
     from igmu.methods.cure import (CURE, CUREConfig, concept_rows, discriminative_projector, expansion,
-                                   spectral_projector)
+                                   fold_unlearn, spectral_projector)
     from igmu.methods.uce import UCE, UCEConfig
     from igmu.tasks import load_task
 
@@ -269,11 +269,7 @@ def main():
             Ef = torch.cat([ad.text_rows(ad.encode([t])[0]).double().cpu()[0, 1:] for t in targets])
         Ef = Ef - (Ef @ u)[:, None] * u[None]
         P = spectral_projector(Ef, alpha)
-        unlearn = torch.eye(E.shape[1], dtype=torch.float64) - P
-        with torch.no_grad():
-            for k, v in projections(p).values():
-                for lin in (k, v):
-                    lin.weight.copy_((lin.weight.double() @ unlearn).to(lin.weight.dtype))
+        fold_unlearn(p, P)  # folded into to_k and to_v as cure.py does (eq. 7)
         return p, P
 
     p_orig = pipe

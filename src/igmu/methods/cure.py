@@ -76,6 +76,19 @@ def discriminative_projector(pipe, forget: list[str], retain: list[str], alpha: 
     return P_f - P_f @ spectral_projector(concept_rows(pipe, retain), alpha)
 
 
+@torch.no_grad()
+def fold_unlearn(pipe, P: torch.Tensor, with_to_k: bool = True) -> dict:
+    """W' = W (I - P) on every cross-attention value (and key) projection (eq. 7); the changed tensors."""
+    unlearn = torch.eye(P.shape[0], dtype=torch.float64) - P
+    changed = {}
+    for kv in adapter_for(pipe).kv_projections():
+        for name, lin in [(kv.value, kv.v)] + ([(kv.key, kv.k)] if with_to_k else []):
+            W = lin.weight.detach().double().cpu()
+            lin.weight.copy_((W @ unlearn).to(lin.weight.dtype))
+            changed[f"unet.{name}.weight"] = lin.weight.detach().cpu().clone()
+    return changed
+
+
 @register
 class CURE(Eraser):
     name = "cure"
@@ -96,15 +109,7 @@ class CURE(Eraser):
                             f"space what it shares with the retain space, so it would erase nothing")
         adapter_for(pipe).kv_projections()
 
-    @torch.no_grad()
     def erase(self, pipe, req: EraseRequest, cfg: CUREConfig) -> dict:
         a = adapter_for(pipe)
         P_dis = discriminative_projector(a, list(req.targets), list(dict.fromkeys(req.preserve)), cfg.alpha)
-        unlearn = torch.eye(P_dis.shape[0], dtype=torch.float64) - P_dis
-        changed = {}
-        for kv in a.kv_projections():
-            for name, lin in [(kv.value, kv.v)] + ([(kv.key, kv.k)] if cfg.with_to_k else []):
-                W = lin.weight.detach().double().cpu()
-                lin.weight.copy_((W @ unlearn).to(lin.weight.dtype))  # W' = W P_unlearn (eq. 7)
-                changed[f"unet.{name}.weight"] = lin.weight.detach().cpu().clone()
-        return changed
+        return fold_unlearn(a, P_dis, cfg.with_to_k)
