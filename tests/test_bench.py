@@ -100,6 +100,33 @@ def test_local_backend_slots_and_order(monkeypatch):
     assert [c["task"] for c in interleave_tasks(cells)] == ["a", "b", "a", "b", "a", "a"]
 
 
+def test_longest_cells_start_first(tmp_path):
+    """With a cell-seconds file the cells start longest first (a label measured on another task: its mean; an
+    unmeasured label: the median); equal estimates keep their order. A broken file is one line."""
+    from igmu.bench.config import BenchConfig, expected_seconds, load_config
+    from igmu.bench.runner import longest_first
+    from igmu.errors import UserError
+
+    seconds = {"slow": {"a": 900.0, "b": 1500.0}, "mid": {"a": 100.0}, "fast": {"a": 10.0, "b": 20.0}}
+    cells = [{"method_label": m, "task": t} for t in "ab" for m in ("fast", "mid", "new", "slow")]
+    order = [(c["method_label"], c["task"]) for c in longest_first(cells, seconds)]
+    assert order == [("slow", "b"), ("slow", "a"), ("mid", "a"), ("new", "a"), ("mid", "b"), ("new", "b"),
+                     ("fast", "b"), ("fast", "a")]  # mid on b: 100 (its mean), new: the median 100
+    assert longest_first(cells, {}) == cells
+    cfg = BenchConfig(methods=["uce"], tasks=["mini:object-circle"], cell_seconds="t.yaml")
+    (tmp_path / "t.yaml").write_text("seconds: {uce: {object-circle: 12}}\n")
+    assert expected_seconds(cfg, tmp_path) == {"uce": {"object-circle": 12.0}}
+    (tmp_path / "t.yaml").write_text("seconds: {uce: {object-circle: -1}}\n")
+    with pytest.raises(UserError, match="non-negative numbers"):
+        expected_seconds(cfg, tmp_path)
+    with pytest.raises(UserError, match="no such file"):
+        expected_seconds(cfg.model_copy(update={"cell_seconds": "nothere.yaml"}), tmp_path)
+    bdir = Path(__file__).parents[1] / "benchmarks"
+    shipped, _ = load_config(bdir / "mini.yaml")  # the shipped file names only labels the config has
+    measured = expected_seconds(shipped, bdir)
+    assert measured and set(measured) <= {m.label for m in shipped.methods}
+
+
 def test_bench_bad_inputs(sweep, tmp_path):
     base = yaml.safe_load(sweep.read_text())
     cases = [({"methods": ["nosuch"]}, "unknown method 'nosuch'"),

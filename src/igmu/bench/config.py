@@ -22,6 +22,8 @@
                                    #   repository's dataset/ folder, holding Benchmarking_prompts/{forgot,retain}.json
     igmu_prompts_per_group: null   # igmu:KEY tasks: only the first N prompts of every group (null: all)
     task_judges: {object_church: clip-head:judges/object_church}   # a task's judge, by task name (default: the task's)
+    cell_seconds: timings/mini.yaml  # optional: measured seconds per cell (scripts/cell_seconds.py); cells
+                                          #   then start longest first, so no long cell runs alone at the end
 
 Overrides: `igmu bench --set KEY=VALUE` (repeatable) sets one field before validation; KEY is a dotted path
 (evaluation.images_per_prompt, task_judges.nudity), and an entry of `methods` is addressed by its label
@@ -96,6 +98,7 @@ class BenchConfig(_Strict):
     igmu_dataset: str | None = None  # IGMU's dataset/ folder, for tasks igmu:KEY
     igmu_prompts_per_group: int | None = Field(None, ge=1, le=100_000)
     task_judges: dict[str, str] = Field(default_factory=dict)  # task name -> judge spec
+    cell_seconds: str | None = None  # a cell-seconds file (relative to the config): the order cells start in
 
     @field_validator("device")
     @classmethod
@@ -324,6 +327,8 @@ def load_config(path: Path, overrides: list[str] | None = None) -> tuple[BenchCo
     if unknown:
         raise UserError(f"bench config {path}: task_judges names task {unknown[0]!r}, which is not among its tasks "
                         f"({', '.join(names)})")
+    if cfg.cell_seconds is not None:
+        expected_seconds(cfg, base)
     if cfg.evaluation.attacks is not None:
         from ..attacks.base import parse_attack_specs
 
@@ -353,6 +358,27 @@ def method_preset(cfg: BenchConfig, m: MethodEntry, base: Path, fingerprint: str
         spec = str(base / spec)
     method = get_method(m.method)
     return resolve_preset(spec, cfg.model, method, option_values(method, None, set_args(m.set)), fingerprint)
+
+
+def expected_seconds(cfg: BenchConfig, base: Path) -> dict[str, dict[str, float]]:
+    """The config's cell-seconds file ({method label: {task name: seconds}}, as scripts/cell_seconds.py writes
+    it from a finished bench folder); {} without one. A broken file is one line."""
+    if cfg.cell_seconds is None:
+        return {}
+    path = Path(cfg.cell_seconds)
+    path = path if path.is_absolute() else base / path
+    where = f"cell_seconds {cfg.cell_seconds!r}"
+    if not path.is_file():
+        raise UserError(f"{where}: no such file (the path is relative to the config's folder); write one with scripts/cell_seconds.py or drop "
+                        "the field")
+    table = load_mapping(path, "cell-seconds file").get("seconds")
+    ok = isinstance(table, dict) and all(
+        isinstance(v, dict) and all(isinstance(x, (int, float)) and not isinstance(x, bool) and x >= 0
+                                    for x in v.values()) for v in table.values())
+    if not ok:
+        raise UserError(f"{where}: expected `seconds: {{LABEL: {{TASK: SECONDS}}}}` with non-negative numbers; "
+                        "rewrite it with scripts/cell_seconds.py")
+    return {str(k): {str(t): float(x) for t, x in v.items()} for k, v in table.items()}
 
 
 def _task_path(spec: str, base: Path) -> str:

@@ -19,8 +19,8 @@ import time
 from pathlib import Path
 
 from ..errors import UserError
-from .config import (BenchConfig, _task_path, bench_task, evaluation_key, load_config, method_preset, set_args,
-                     sha)
+from .config import (BenchConfig, _task_path, bench_task, evaluation_key, expected_seconds, load_config,
+                     method_preset, set_args, sha)
 
 SCHEMA = "igmu-bench"
 SCHEMA_VERSION = 1
@@ -260,6 +260,24 @@ def interleave_tasks(cells: list[dict]) -> list[dict]:
     return [q[i] for i in range(max(map(len, queues), default=0)) for q in queues if i < len(q)]
 
 
+def longest_first(cells: list[dict], seconds: dict[str, dict[str, float]]) -> list[dict]:
+    """The cells ordered by their expected seconds, longest first (a stable sort, so equal estimates keep the
+    task interleaving). A cell's estimate: its method label on its task; else the label's mean over the tasks
+    it was measured on; else the median of all. With parallel slots this is the longest-processing-time-first
+    rule: the long cells start at once instead of running alone at the end."""
+    if not seconds:
+        return cells
+    every = sorted(x for v in seconds.values() for x in v.values())
+    median = every[len(every) // 2] if every else 0.0
+
+    def estimate(c: dict) -> float:
+        row = seconds.get(c["method_label"], {})
+        if c["task"] in row:
+            return row[c["task"]]
+        return sum(row.values()) / len(row) if row else median
+    return sorted(cells, key=lambda c: -estimate(c))
+
+
 def local_slots(todo: int, resources_cpus: float, parallel: int | None, threads: int | None) -> tuple[int, int]:
     """(cells at once, threads per cell) of the local backend: by default as many cells as the cores hold at
     resources.cpus threads each (as Ray places them), each cell an equal share of the cores."""
@@ -278,6 +296,7 @@ def run_bench(config: Path, out: Path, backend: str = "local", address: str | No
     cfg, bench, cells = prepare(config, out, overrides)
     out = Path(out)
     todo = interleave_tasks([c for c in cells if not (out / "cells" / c["id"] / "results.json").is_file()])
+    todo = longest_first(todo, expected_seconds(cfg, Path(config).parent))
     tr = _Tracker(len(cells), len(cells) - len(todo), echo)
     t0 = time.perf_counter()
     if backend == "local":

@@ -1,0 +1,87 @@
+"""A bench config's cell-seconds file (`cell_seconds:` in the config) from finished bench folders: the seconds
+each cell took (its erasure plus its evaluation, as recorded in results.json), by method label and task. With
+it, `igmu bench` starts the longest cells first (runner.longest_first).
+
+    python scripts/cell_seconds.py OUT [OUT ...] --out benchmarks/timings/mini.yaml
+    python scripts/cell_seconds.py --simulate benchmarks/mini-core.yaml --slots 2   # what the order is worth
+
+--simulate replays a config's cells on N slots with the file's times (list scheduling: a free slot takes the
+next cell) in the two orders the runner knows, config order (tasks interleaved) and longest first, and prints
+both wall times. It is arithmetic on measured cell times, not a new timing.
+
+Cells of several seeds are averaged. Only the order matters to the runner, so times measured under other load
+still serve; the file records where they come from.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import time
+from pathlib import Path
+
+import yaml
+
+
+def cell_seconds(bench_dirs: list[Path]) -> dict[str, dict[str, float]]:
+    runs: dict[str, dict[str, list[float]]] = {}
+    for d in bench_dirs:
+        for f in sorted(Path(d).glob("cells/*/results.json")):
+            res = json.loads(f.read_text())
+            cell = res["cell"]
+            secs = float(res.get("seconds") or 0) + float((res.get("cost") or {}).get("erase_seconds") or 0)
+            runs.setdefault(cell["method_label"], {}).setdefault(cell["task"], []).append(secs)
+    return {label: {task: round(statistics.mean(v)) for task, v in sorted(by.items())}
+            for label, by in sorted(runs.items())}
+
+
+def makespan(times: list[float], slots: int) -> float:
+    import heapq
+
+    free = [0.0] * slots
+    for t in times:
+        heapq.heappush(free, heapq.heappop(free) + t)
+    return max(free)
+
+
+def simulate(config: Path, slots: int) -> None:
+    from igmu.bench.config import expected_seconds, load_config
+    from igmu.bench.runner import interleave_tasks, longest_first, plan_cells
+
+    cfg, _ = load_config(config)
+    seconds = expected_seconds(cfg, config.parent)
+    cells = [c for c in interleave_tasks(plan_cells(cfg, config.parent))
+             if c["task"] in seconds.get(c["method_label"], {})]
+    est = lambda c: seconds[c["method_label"]][c["task"]]  # noqa: E731
+    tasks = sorted({c["task"] for c in cells})
+    print(f"{config}: {len(cells)} measured cells ({', '.join(tasks)}), {sum(map(est, cells)):,.0f} s of cell time, "
+          f"{slots} slots")
+    for name, order in (("config order", cells), ("longest first", longest_first(cells, seconds))):
+        print(f"  {name:14s} {makespan([est(c) for c in order], slots):7,.0f} s")
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("bench", nargs="*", type=Path, help="finished igmu bench folders")
+    ap.add_argument("--out", type=Path)
+    ap.add_argument("--simulate", type=Path, metavar="CONFIG")
+    ap.add_argument("--slots", type=int, default=2)
+    args = ap.parse_args()
+    if args.simulate:
+        return simulate(args.simulate, args.slots)
+    if not args.bench or not args.out:
+        ap.error("give finished bench folders and --out FILE (or --simulate CONFIG)")
+    table = cell_seconds(args.bench)
+    if not table:
+        raise SystemExit(f"no finished cells (cells/*/results.json) under {', '.join(map(str, args.bench))}")
+    header = (f"# written by scripts/cell_seconds.py on {time.strftime('%Y-%m-%d')} from {len(args.bench)} bench "
+              "folder(s): seconds of one cell (erasure + evaluation)\n# by method label and task. igmu bench reads "
+              "it (config key cell_seconds) only to start the longest cells first.\n")
+    tmp = args.out.with_name(f".{args.out.name}.tmp")
+    tmp.write_text(header + yaml.safe_dump({"seconds": table}, sort_keys=False, width=110))
+    tmp.replace(args.out)
+    print(f"{args.out}: {sum(map(len, table.values()))} cells, {len(table)} labels")
+
+
+if __name__ == "__main__":
+    main()
