@@ -104,7 +104,10 @@ def test_rows(bench_dir: Path) -> tuple[list[str], list[str]]:
         out.append(f"| {m} | " + " | ".join(cells) + f" | {verdict} |")
     ev = bench["config"]["evaluation"]
     out.append("")
-    out.append(f"(bench `{bench['name']}`: {ev.get('images_per_prompt')} image(s) per prompt, "
+    per = (f"{ev['images_per_prompt']} image(s) per prompt" if ev.get("images_per_prompt") else
+           f"images per prompt raised to >= {ev.get('min_forget_images')} forget and >= "
+           f"{ev.get('min_retain_images')} retain images per group")
+    out.append(f"(bench `{bench['name']}`: {per}, "
                f"{ev.get('steps')} sampler steps, guidance {ev.get('guidance')}; 95% bootstrap intervals; "
                f"n = forget images)")
     return out, misses

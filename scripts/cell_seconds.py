@@ -3,7 +3,7 @@ each cell took (its erasure plus its evaluation, as recorded in results.json), b
 it, `igmu bench` starts the longest cells first (runner.longest_first).
 
     python scripts/cell_seconds.py OUT [OUT ...] --out benchmarks/timings/mini.yaml
-    python scripts/cell_seconds.py --simulate benchmarks/mini-core.yaml --slots 2   # what the order is worth
+    python scripts/cell_seconds.py --simulate benchmarks/mini.yaml --slots 2   # what the order is worth
 
 --simulate replays a config's cells on N slots with the file's times (list scheduling: a free slot takes the
 next cell) in the two orders the runner knows, config order (tasks interleaved) and longest first, and prints
@@ -25,8 +25,11 @@ import yaml
 
 def cell_seconds(bench_dirs: list[Path]) -> dict[str, dict[str, float]]:
     runs: dict[str, dict[str, list[float]]] = {}
-    for d in bench_dirs:
-        for f in sorted(Path(d).glob("cells/*/results.json")):
+    for d in bench_dirs:  # the cells of the folder's last config (bench.json), not every cell ever run there
+        for c in json.loads((Path(d) / "bench.json").read_text())["cells"]:
+            f = Path(d) / "cells" / c["id"] / "results.json"
+            if not f.is_file():
+                continue
             res = json.loads(f.read_text())
             cell = res["cell"]
             secs = float(res.get("seconds") or 0) + float((res.get("cost") or {}).get("erase_seconds") or 0)
@@ -73,7 +76,7 @@ def main() -> None:
         ap.error("give finished bench folders and --out FILE (or --simulate CONFIG)")
     table = cell_seconds(args.bench)
     if not table:
-        raise SystemExit(f"no finished cells (cells/*/results.json) under {', '.join(map(str, args.bench))}")
+        raise SystemExit(f"no finished cells (bench.json's cells with a results.json) under {', '.join(map(str, args.bench))}")
     header = (f"# written by scripts/cell_seconds.py on {time.strftime('%Y-%m-%d')} from {len(args.bench)} bench "
               "folder(s): seconds of one cell (erasure + evaluation)\n# by method label and task. igmu bench reads "
               "it (config key cell_seconds) only to start the longest cells first.\n")

@@ -57,6 +57,15 @@ BUDGET = {
     "erasediff": ["epochs=1", "forget_images=4", "retain_images=2", "sample_steps=3", "batch_size=2"],
     "scissorhands": ["epochs=1", "prune_num=2", "forget_images=4", "retain_images=2", "sample_steps=3",
                      "batch_size=2"],
+    "speed": ["aug_num=2"],
+    "gloce": ["n_gen=1", "n_anchor=1", "sample_steps=3", "st_timestep=1", "end_timestep=2"],
+    "adavd": [],
+    "safree": [],
+    "seot": [],
+    "stereo": ["iterations=2", "ti_steps=2", "n_iterations=1", "gallery_images=2", "gallery_steps=3",
+               "sample_steps=3"],
+    "sdd": ["iterations=2", "sample_steps=3"],
+    "taskvector": ["iterations=2", "images=2", "batch_size=2", "sample_steps=3"],
 }
 # the "rich" request: other options that reach other code paths
 RICH = {
@@ -76,6 +85,14 @@ RICH = {
     "salun": ["mask_ratio=0.3", "saliency_guidance=0"],
     "erasediff": ["eta=0.5", "train_method=noxattn"],
     "scissorhands": ["forget_loss=ascent", "memory_num=2", "trim=attn1"],
+    "speed": ["params=KV", "prior_filter=false", "lamb=0.1"],
+    "gloce": ["update_rank=4", "eta=0.5"],
+    "adavd": ["token_sim=false", "joint_cfg=false"],
+    "safree": ["self_validation=false", "negative_prompt=false"],
+    "seot": ["alpha=0.5", "require_target=false"],
+    "stereo": ["train_method=xattn", "n_iterations=2", "num_adv_concepts=1"],
+    "sdd": ["concept_method=composite", "finetuning_method=noxattn"],
+    "taskvector": ["train_group=xattn", "alpha=0.5"],
 }
 MODELS = ("mini", "sd1", "sd2")
 GEN_PROMPT = "a red circle on a dark background"

@@ -178,8 +178,6 @@ def test_extends_shares_fields_and_cells(tmp_path):
     assert (seeds.seeds, len(seeds.tasks), published.preset, main.preset) == ([0, 1, 2], 1, "published",
                                                                                "../presets/mini.yaml")
     assert seeds.evaluation == main.evaluation == published.evaluation
-    core, _ = load_config(bdir / "mini-core.yaml")  # mini.yaml less the entries whose published budgets take hours
-    assert {m.label for m in core.methods} < {m.label for m in main.methods} and core.tasks == main.tasks
     main.methods, seeds.methods = main.methods[:2], seeds.methods[:2]
     main_ids = {c["id"] for c in plan_cells(main, bdir) if c["task"] == "object-circle"}
     seed0 = {c["id"] for c in plan_cells(seeds, bdir) if c["seed"] == 0}
