@@ -58,7 +58,7 @@ BUDGET = {
     "scissorhands": ["epochs=1", "prune_num=2", "forget_images=4", "retain_images=2", "sample_steps=3",
                      "batch_size=2"],
     "speed": ["aug_num=2"],
-    "gloce": ["n_gen=1", "n_anchor=1", "sample_steps=3", "st_timestep=1", "end_timestep=2"],
+    "gloce": ["n_gen=2", "n_anchor=2", "sample_steps=3", "st_timestep=1", "end_timestep=2"],
     "adavd": [],
     "safree": [],
     "seot": [],
