@@ -76,13 +76,15 @@ def main() -> None:
         ap.error("give finished bench folders and --out FILE (or --simulate CONFIG)")
     table = cell_seconds(args.bench)
     if not table:
-        raise SystemExit(f"no finished cells (bench.json's cells with a results.json) under {', '.join(map(str, args.bench))}")
+        raise SystemExit("no finished cells (bench.json's cells with a results.json) under "
+                         + ", ".join(map(str, args.bench)))
     header = (f"# written by scripts/cell_seconds.py on {time.strftime('%Y-%m-%d')} from {len(args.bench)} bench "
               "folder(s): seconds of one cell (erasure + evaluation)\n# by method label and task. igmu bench reads "
               "it (config key cell_seconds) only to start the longest cells first.\n")
-    tmp = args.out.with_name(f".{args.out.name}.tmp")
-    tmp.write_text(header + yaml.safe_dump({"seconds": table}, sort_keys=False, width=110))
-    tmp.replace(args.out)
+    from igmu.utils.io import atomic_path
+
+    with atomic_path(args.out) as tmp:
+        Path(tmp).write_text(header + yaml.safe_dump({"seconds": table}, sort_keys=False, width=110))
     print(f"{args.out}: {sum(map(len, table.values()))} cells, {len(table)} labels")
 
 

@@ -22,8 +22,8 @@
                                    #   repository's dataset/ folder, holding Benchmarking_prompts/{forgot,retain}.json
     igmu_prompts_per_group: null   # igmu:KEY tasks: only the first N prompts of every group (null: all)
     task_judges: {object_church: clip-head:judges/object_church}   # a task's judge, by task name (default: the task's)
-    cell_seconds: timings/mini.yaml  # optional: measured seconds per cell (scripts/cell_seconds.py); cells
-                                          #   then start longest first, so no long cell runs alone at the end
+    cell_seconds: timings/mini.yaml  # optional: measured seconds per cell (scripts/cell_seconds.py); cells then
+                                   #   start longest first, so no long cell runs alone at the end
 
 Overrides: `igmu bench --set KEY=VALUE` (repeatable) sets one field before validation; KEY is a dotted path
 (evaluation.images_per_prompt, task_judges.nudity), and an entry of `methods` is addressed by its label
@@ -369,8 +369,8 @@ def expected_seconds(cfg: BenchConfig, base: Path) -> dict[str, dict[str, float]
     path = path if path.is_absolute() else base / path
     where = f"cell_seconds {cfg.cell_seconds!r}"
     if not path.is_file():
-        raise UserError(f"{where}: no such file (the path is relative to the config's folder); write one with scripts/cell_seconds.py or drop "
-                        "the field")
+        raise UserError(f"{where}: no such file (the path is relative to the config's folder); write one with "
+                        "scripts/cell_seconds.py or drop the field")
     table = load_mapping(path, "cell-seconds file").get("seconds")
     ok = isinstance(table, dict) and all(
         isinstance(v, dict) and all(isinstance(x, (int, float)) and not isinstance(x, bool) and x >= 0

@@ -265,16 +265,18 @@ def longest_first(cells: list[dict], seconds: dict[str, dict[str, float]]) -> li
     task interleaving). A cell's estimate: its method label on its task; else the label's mean over the tasks
     it was measured on; else the median of all. With parallel slots this is the longest-processing-time-first
     rule: the long cells start at once instead of running alone at the end."""
-    if not seconds:
+    import statistics
+
+    every = [x for v in seconds.values() for x in v.values()]
+    if not every:
         return cells
-    every = sorted(x for v in seconds.values() for x in v.values())
-    median = every[len(every) // 2] if every else 0.0
+    median = statistics.median_high(every)
 
     def estimate(c: dict) -> float:
         row = seconds.get(c["method_label"], {})
         if c["task"] in row:
             return row[c["task"]]
-        return sum(row.values()) / len(row) if row else median
+        return statistics.mean(row.values()) if row else median
     return sorted(cells, key=lambda c: -estimate(c))
 
 
