@@ -258,6 +258,8 @@ def test_sdd_trains_cross_attention_into_the_ema(tiny_sd1, tmp_path):
     ("cure", ["circle"], None, ["circle"], [], "cannot be both erased and preserved"),
     ("gloce", ["circle"], None, [], ["st_timestep=5", "end_timestep=5"], "must be above st_timestep"),
     ("gloce", ["circle"], None, ["red circle", "circle"], FAST["gloce"], "cannot be both erased and preserved"),
+    ("gloce", ["circle"], None, [], ["sample_steps=3", "n_gen=1", "n_anchor=1", "st_timestep=1", "end_timestep=2"],
+     "at least 2 anchor samples"),
     ("stereo", ["circle"], None, [], ["initializer_token=object"], "must be one token"),
     ("stereo", ["circle", "star"], None, [], [], "one concept at a time"),
     ("safree", ["circle"], None, [], ["mask_token_id=99999"], "not in this tokenizer"),

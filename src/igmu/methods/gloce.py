@@ -178,6 +178,16 @@ def gate_score(x: torch.Tensor, mean: torch.Tensor, vecs: torch.Tensor) -> torch
     return ((diff @ vecs.T) ** 2).sum(-1)
 
 
+def _check_gate_samples(cfg: GLoCEConfig, n_anchors: int):
+    """The gate's centre is mean + thresh * std of the anchors' per-forward maxima: a standard deviation needs
+    at least two of them (n_anchors x n_gen x the forward calls in the window)."""
+    window = min(cfg.end_timestep, cfg.sample_steps) - cfg.st_timestep
+    if n_anchors * cfg.n_gen * window < 2:
+        raise UserError(f"GLoCE's gate needs at least 2 anchor samples to set its centre, and {n_anchors} anchor "
+                        f"concept(s) x n_gen {cfg.n_gen} x {window} step(s) in the window give "
+                        f"{n_anchors * cfg.n_gen * window}: raise n_gen, n_anchor or end_timestep")
+
+
 def gloce_module(pipe, target: str, surrogate: str, reference: str, anchors: list[str], cfg: GLoCEConfig) -> dict:
     """The GLoCE parameters of every attn2.to_out.0 layer for one target (float64 tensors)."""
     layers = out_projections(pipe)
@@ -282,6 +292,7 @@ class GLoCE(Eraser):
         if cfg.st_timestep >= cfg.sample_steps:
             raise UserError(f"st_timestep ({cfg.st_timestep}) leaves no sampler step of {cfg.sample_steps} to "
                             f"collect features from")
+        _check_gate_samples(cfg, cfg.n_anchor)
 
     def sampling_spec(self, pipe, req: EraseRequest, cfg: GLoCEConfig) -> dict:
         """GLoCE's spec needs the model: its parameters come from the model's own features."""
@@ -295,6 +306,7 @@ class GLoCE(Eraser):
             if not anchors:
                 raise UserError(f"GLoCE sets its gate from anchor concepts and none is left for target {t!r}: "
                                 f"give --preserve concepts that do not contain it")
+            _check_gate_samples(cfg, len(anchors))
             per_target.append(gloce_module(a, t, neutral, neutral, anchors, cfg))
             advance(1, target=t)
         names = list(per_target[0])
