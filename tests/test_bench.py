@@ -196,13 +196,15 @@ def test_extends_shares_fields_and_cells(tmp_path):
 def test_slot_workers_give_the_same_results(sweep, reference, tmp_path):
     """The local backend's per-GPU worker processes (here two CPU slots: no GPU on the test machine) give the
     results of the in-process run."""
-    from igmu.bench.runner import _Tracker, prepare, run_in_slots
+    from functools import partial
+
+    from igmu.bench.runner import _Tracker, prepare, run_cell, run_in_slots
 
     out = tmp_path / "slots"
     cfg, _, cells = prepare(sweep, out)
     os.environ["OMP_NUM_THREADS"] = "1"
-    run_in_slots(cells, str(out), cfg.model_dump(mode="json"), [{"CUDA_VISIBLE_DEVICES": ""}] * 2,
-                 _Tracker(len(cells), 0, lambda m: None, slots=2))
+    run_in_slots(cells, partial(run_cell, bench_dir=str(out), cfg_dict=cfg.model_dump(mode="json")),
+                 [{"CUDA_VISIBLE_DEVICES": ""}] * 2, _Tracker(len(cells), 0, lambda m: None, slots=2))
     assert _results(out) == _results(reference)
 
 

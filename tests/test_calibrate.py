@@ -206,3 +206,30 @@ def test_calibrate_end_to_end_writes_a_preset_erase_uses(tmp_path):
     assert yaml.safe_load(out.read_text())["methods"] == p["methods"]
     m = load_artifact(run_erase("mini", "uce", ["circle"], None, [], None, [], tmp_path / "a", preset=str(out)))[0]
     assert all(m["config"][k] == v for k, v in e["set"].items()) and m["preset"]["entry"] == "uce"
+
+
+def _no_times(x):
+    if isinstance(x, dict):
+        return {k: _no_times(v) for k, v in x.items() if k != "erase_seconds"}
+    return [_no_times(v) for v in x] if isinstance(x, list) else x
+
+
+@pytest.mark.slow
+def test_parallel_calibration_matches_one_at_a_time(tmp_path):
+    """--parallel 2: two methods in worker processes at one thread each give the preset entries (and their
+    order) of calibrating them one after the other at one thread; only the erase timings differ."""
+    from igmu.utils.threads import set_threads
+
+    bench = str(ROOT / "benchmarks" / "mini.yaml")
+    docs = []
+    for name, parallel in [("seq", 1), ("par", 2)]:
+        setup = C.CalibrationSetup(model="mini", entries=C.entries_from(["negprompt", "uce"], bench),
+                                   concepts=["square", "dotted"], max_prompts=1, bench_config=bench,
+                                   work=tmp_path / f"w-{name}")
+        if parallel == 1:
+            set_threads(1)
+        C.run_calibration(setup, tmp_path / f"{name}.yaml", echo=lambda m: None, parallel=parallel, threads=1)
+        docs.append(yaml.safe_load((tmp_path / f"{name}.yaml").read_text()))
+    set_threads(None)
+    assert list(docs[0]["methods"]) == list(docs[1]["methods"]) == ["negprompt", "uce"]
+    assert _no_times(docs[0]["methods"]) == _no_times(docs[1]["methods"])

@@ -622,13 +622,22 @@ def calibrate(model: str = typer.Option("mini", "--model", "-m", help="The model
               max_prompts: Optional[int] = typer.Option(None, "--max-prompts", help="Use only the first N prompts of each prompt set (quick checks; the preset records it)."),
               seed: int = typer.Option(0, "--seed"),
               clip: Optional[str] = typer.Option(None, "--clip", help="Real models: a local CLIP (clip:PATH) for the planner's judges."),
-              work: Optional[Path] = typer.Option(None, "--work", help="Work folder: per-rung results and images (default: the igmu cache); rerun to resume.")):
+              work: Optional[Path] = typer.Option(None, "--work", help="Work folder: per-rung results and images (default: the igmu cache); rerun to resume."),
+              parallel: int = typer.Option(1, "--parallel", help="Methods calibrated at once, each in its own process (the results are those of one at a time at the same --threads)."),
+              threads: Optional[int] = typer.Option(None, "--threads", help="CPU threads (of each method's process with --parallel; default: the cores available / --parallel).")):
     """Choose each method's strength for a model by one fixed rule (a ladder of budgets, forgetting <= 20% on
     held-out prompts of calibration concepts) and write a preset file for igmu erase --preset and bench configs."""
     from .bench.calibrate import CalibrationSetup, entries_from, run_calibration
 
+    from .utils.threads import check_threads, set_threads
+
     if max_prompts is not None and max_prompts < 1:
         raise UserError(f"--max-prompts must be at least 1, got {max_prompts}")
+    if parallel < 1:
+        raise UserError(f"--parallel must be at least 1, got {parallel}")
+    check_threads(threads)
+    if parallel == 1:
+        set_threads(threads)
     if out.exists() and not out.is_file():
         raise UserError(f"--out {out} is a folder; give a preset file path such as presets/mini.yaml")
     names = [m.strip() for m in (methods or "").split(",") if m.strip()]
@@ -636,7 +645,8 @@ def calibrate(model: str = typer.Option("mini", "--model", "-m", help="The model
                              concepts=[c.strip() for c in concepts.split(",") if c.strip()], budget=budget,
                              images_per_prompt=n, max_prompts=max_prompts, seed=seed, clip=clip,
                              bench_config=str(bench_config) if bench_config else None, work=work)
-    res = run_calibration(setup, out, echo=lambda m: typer.echo(m, err=True), progress=_progress)
+    res = run_calibration(setup, out, echo=lambda m: typer.echo(m, err=True), progress=_progress, parallel=parallel,
+                          threads=threads)
     typer.echo(f"wrote preset {res['out']} ({res['methods']} methods); use it with: igmu erase --preset {res['out']} "
                f"or a bench config's preset: key")
 

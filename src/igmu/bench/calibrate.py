@@ -519,10 +519,14 @@ def _compatible(old: dict, new: dict) -> bool:
     return a == b
 
 
-def run_calibration(setup: CalibrationSetup, out: Path, echo=print, progress=None) -> dict:
+def run_calibration(setup: CalibrationSetup, out: Path, echo=print, progress=None, parallel: int = 1,
+                    threads: int | None = None) -> dict:
     """Calibrate every entry and write the preset file `out` (atomically, after each method, so an interrupted
     run keeps what is done). An existing preset of the same model, rule and calibration settings is
-    extended: entries calibrated again are replaced, the others kept."""
+    extended: entries calibrated again are replaced, the others kept. parallel > 1 calibrates that many
+    methods at once, each in its own process with `threads` threads (default: the cores / parallel), through
+    the bench's local slots; the per-rung results are those of one method at a time at the same thread count
+    (methods share nothing but the cache of the original model's images, which is locked)."""
     import yaml
 
     from ..presets import FORMAT, VERSION, read_preset
@@ -538,17 +542,60 @@ def run_calibration(setup: CalibrationSetup, out: Path, echo=print, progress=Non
             raise UserError(f"--out {out} is a preset of another model or other calibration settings; choose "
                             "a new file")
         methods = dict(old["methods"])
-    echo(f"calibrating {len(setup.entries)} methods on {', '.join(cal.tasks)} ({setup.model}, budget "
-         f"{setup.budget}, rule {RULE}); work folder {cal.work}")
-    for i, e in enumerate(setup.entries, 1):
-        methods[e.label] = cal.calibrate_entry(e, i, len(setup.entries))
-        m = methods[e.label]
-        echo(f"[{i}/{len(setup.entries)}] {e.label}: {m['status']} at rung {m['rung']} ({_fmt(m['set'])})")
+    order = list(methods) + [e.label for e in setup.entries]  # the file's order whatever order methods end in
+    total = len(setup.entries)
+
+    def finished(index: int, label: str, entry: dict):
+        methods[label] = entry
+        echo(f"[{index}/{total}] {label}: {entry['status']} at rung {entry['rung']} ({_fmt(entry['set'])})")
         doc = {"format": FORMAT, "version": VERSION, "model": setup.model, "model_fingerprint": cal.fp, **prov,
-               "methods": methods}
+               "methods": {k: methods[k] for k in dict.fromkeys(order) if k in methods}}
         with atomic_path(out) as tmp:
             tmp.write_text(HEADER + yaml.safe_dump(doc, sort_keys=False, width=110, allow_unicode=True))
-    return {"out": str(out), "methods": len(setup.entries)}
+
+    slots = max(1, min(int(parallel), total))
+    echo(f"calibrating {total} methods on {', '.join(cal.tasks)} ({setup.model}, budget {setup.budget}, rule "
+         f"{RULE}); work folder {cal.work}" + (f"; {slots} methods at once" if slots > 1 else ""))
+    if slots > 1:
+        from functools import partial
+
+        from ..utils.threads import available_cores, check_threads, thread_env
+        from .runner import run_in_slots
+
+        per = check_threads(threads) or max(1, available_cores() // slots)
+
+        class Tracker:
+            def queued(self, n):
+                pass
+
+            def finished(self, item, entry, _running):
+                finished(item["index"], item["id"], entry)
+
+        items = [{"id": e.label, "index": i, "entry": e} for i, e in enumerate(setup.entries, 1)]
+        run_in_slots(items, partial(_calibrate_item, setup=setup, total=total), [thread_env(per)] * slots,
+                     Tracker(), describe=_entry_words)
+    else:
+        for i, e in enumerate(setup.entries, 1):
+            finished(i, e.label, cal.calibrate_entry(e, i, total))
+    return {"out": str(out), "methods": total}
+
+
+_CALIBRATORS: dict = {}
+
+
+def _calibrate_item(item: dict, setup: CalibrationSetup, total: int) -> dict:
+    """One method in a worker process of run_calibration(parallel > 1); its lines go to stderr."""
+    import sys
+
+    key = id(setup)
+    if key not in _CALIBRATORS:  # one per worker process: its tasks and model fingerprint are read once
+        _CALIBRATORS.clear()
+        _CALIBRATORS[key] = Calibrator(setup, lambda m: print(m, file=sys.stderr, flush=True))
+    return _CALIBRATORS[key].calibrate_entry(item["entry"], item["index"], total)
+
+
+def _entry_words(item: dict) -> str:
+    return f"calibrating {item['id']}"
 
 
 HEADER = ("# igmu preset: written by `igmu calibrate` (igmu/bench/calibrate.py holds the rule). Each method's `set` is\n"

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import shutil
 import time
+from functools import partial
 from pathlib import Path
 
 from ..errors import UserError
@@ -317,7 +318,7 @@ def run_bench(config: Path, out: Path, backend: str = "local", address: str | No
     cfg_dict = cfg.model_dump(mode="json")
     if backend == "local" and slots > 1 and len(todo) > 1:
         tr.slots = slots
-        run_in_slots(todo, str(out), cfg_dict, envs, tr)
+        run_in_slots(todo, partial(run_cell, bench_dir=str(out), cfg_dict=cfg_dict), envs, tr)
     elif backend == "local":
         from ..utils.threads import set_threads
 
@@ -372,40 +373,44 @@ def local_envs(todo: int, resources, parallel: int | None, threads: int | None) 
     return [thread_env(per)] * n
 
 
-def run_in_slots(cells: list[dict], bench_dir: str, cfg_dict: dict, envs: list[dict], tracker) -> None:
-    """Run the cells in one worker process per slot, each started with its environment (its thread count in
-    OMP_NUM_THREADS), taking cells from a shared queue until none are left. A worker dies with this process
-    (a killed bench leaves nothing running); a cell's UserError stops the bench with that line."""
+def run_in_slots(items: list[dict], job, envs: list[dict], tracker, describe=None) -> None:
+    """Run job(item) for every item in one worker process per slot, each started with its environment (its
+    thread count in OMP_NUM_THREADS), taking items from a shared queue until none are left; tracker.finished
+    (item, job's result, running) is called here as each ends. `job` and `describe` (item -> the words that
+    name it in an error) must be picklable (module-level functions or partials of them); items carry an "id".
+    A worker dies with this process (a killed run leaves nothing running); an item's UserError stops the run
+    with that line. The bench's cells and `igmu calibrate --parallel`'s methods both run here."""
     import multiprocessing as mp
     import os
     import queue
 
     ctx = mp.get_context("spawn")  # a fresh interpreter: the slot's environment holds from the start
     jobs, done = ctx.Queue(), ctx.Queue()
-    for c in cells:
+    for c in items:
         jobs.put(c)
     procs = []
     saved = dict(os.environ)
     try:
         for env in envs:
             os.environ.update(env)
-            p = ctx.Process(target=_slot_worker, args=(jobs, done, bench_dir, cfg_dict, os.getpid()), daemon=True)
+            p = ctx.Process(target=_slot_worker, args=(jobs, done, job, describe or _cell_words, os.getpid()),
+                            daemon=True)
             p.start()
             procs.append(p)
             jobs.put(None)  # one stop mark per worker
     finally:
         os.environ.clear()
         os.environ.update(saved)
-    by_id = {c["id"]: c for c in cells}
-    tracker.queued(len(cells))
-    left, error = len(cells), None
+    by_id = {c["id"]: c for c in items}
+    tracker.queued(len(items))
+    left, error = len(items), None
     try:
         while left:
             try:
                 kind, cid, info = done.get(timeout=5)
             except queue.Empty:  # is any worker still alive?
                 if not any(p.is_alive() for p in procs):
-                    error = "a bench worker process died (out of memory?); rerun the same command to resume"
+                    error = "a worker process died (out of memory?); rerun the same command to resume"
                     break
                 continue
             if kind == "error":
@@ -420,6 +425,10 @@ def run_in_slots(cells: list[dict], bench_dir: str, cfg_dict: dict, envs: list[d
             p.join()
     if error is not None:
         raise UserError(error)
+
+
+def _cell_words(cell: dict) -> str:
+    return f"cell {cell['id']} ({cell['method_label']} x {cell['task']})"
 
 
 def _die_with_parent(parent: int) -> None:
@@ -446,7 +455,7 @@ def _die_with_parent(parent: int) -> None:
     threading.Thread(target=watch, daemon=True).start()
 
 
-def _slot_worker(jobs, done, bench_dir: str, cfg_dict: dict, parent: int) -> None:
+def _slot_worker(jobs, done, job, describe, parent: int) -> None:
     import os
 
     from ..utils.threads import set_threads
@@ -454,18 +463,18 @@ def _slot_worker(jobs, done, bench_dir: str, cfg_dict: dict, parent: int) -> Non
     _die_with_parent(parent)
     set_threads(int(os.environ.get("OMP_NUM_THREADS", "1")))
     while True:
-        cell = jobs.get()
-        if cell is None:
+        item = jobs.get()
+        if item is None:
             return
         try:
-            done.put(("done", cell["id"], run_cell(cell, bench_dir, cfg_dict)))
+            done.put(("done", item["id"], job(item)))
         except UserError as e:
-            done.put(("error", cell["id"], str(e)))
+            done.put(("error", item["id"], str(e)))
             return
-        except Exception as e:  # reported by the parent as one line naming the cell
+        except Exception as e:  # reported by the parent as one line naming the item
             from ..utils.device import hardware_error
 
-            ue = hardware_error(e, f"cell {cell['id']} ({cell['method_label']} x {cell['task']})")
-            done.put(("error", cell["id"], str(ue) if ue else f"cell {cell['id']} ({cell['method_label']} x "
-                                                               f"{cell['task']}) failed: {type(e).__name__}: {e}"))
+            what = describe(item)
+            ue = hardware_error(e, what)
+            done.put(("error", item["id"], str(ue) if ue else f"{what} failed: {type(e).__name__}: {e}"))
             return
