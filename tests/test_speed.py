@@ -69,8 +69,10 @@ def test_esd_losses_do_not_depend_on_how_many_trajectories_are_drawn_together(ti
                         factory)
         losses[width] = (np.array(seen), load_file(str(art / "weights.safetensors")))
     np.testing.assert_allclose(losses[1][0], losses[4][0], rtol=1e-3)
+    # batched kernels round differently, and Adam divides by sqrt(v): a gradient element near zero can move its
+    # update by a visible fraction of lr (1.04e-6 seen on one CI machine); a wrong x_t would move it by ~lr
     for k, v in losses[1][1].items():
-        torch.testing.assert_close(v, losses[4][1][k], rtol=1e-4, atol=1e-6)
+        torch.testing.assert_close(v, losses[4][1][k], rtol=1e-4, atol=1e-5)
 
 
 def test_every_command_takes_threads(monkeypatch):
