@@ -23,7 +23,7 @@ demo: $(STAMP)
 	$(BIN)/python scripts/demo.py --out out/demo
 
 test: $(STAMP)
-	$(BIN)/python -m pytest -q
+	$(BIN)/python -m pytest -q --durations=15
 
 test-all: $(STAMP)
 	$(BIN)/python -m pytest -q -m ''
