@@ -559,10 +559,10 @@ def run_calibration(setup: CalibrationSetup, out: Path, echo=print, progress=Non
     if slots > 1:
         from functools import partial
 
-        from ..utils.threads import available_cores, check_threads, thread_env
-        from .runner import run_in_slots
+        from ..utils.threads import thread_env
+        from .runner import local_slots, run_in_slots
 
-        per = check_threads(threads) or max(1, available_cores() // slots)
+        slots, per = local_slots(total, 1, slots, threads)
 
         class Tracker:
             def queued(self, n):
@@ -580,18 +580,16 @@ def run_calibration(setup: CalibrationSetup, out: Path, echo=print, progress=Non
     return {"out": str(out), "methods": total}
 
 
-_CALIBRATORS: dict = {}
+_WORKER: list = []  # a worker process's Calibrator (a worker serves one run_calibration)
 
 
 def _calibrate_item(item: dict, setup: CalibrationSetup, total: int) -> dict:
     """One method in a worker process of run_calibration(parallel > 1); its lines go to stderr."""
     import sys
 
-    key = id(setup)
-    if key not in _CALIBRATORS:  # one per worker process: its tasks and model fingerprint are read once
-        _CALIBRATORS.clear()
-        _CALIBRATORS[key] = Calibrator(setup, lambda m: print(m, file=sys.stderr, flush=True))
-    return _CALIBRATORS[key].calibrate_entry(item["entry"], item["index"], total)
+    if not _WORKER:  # its tasks and model fingerprint are read once per worker
+        _WORKER.append(Calibrator(setup, lambda m: print(m, file=sys.stderr, flush=True)))
+    return _WORKER[0].calibrate_entry(item["entry"], item["index"], total)
 
 
 def _entry_words(item: dict) -> str:
