@@ -7,8 +7,8 @@
 
 validate: plain prompting of the broken-word model (how often the target shows without an attack), every
     attack at `fast` on the 16 explicit style prompts, and the same on the original model (trivially 100%).
-table: the methods at their defaults erase circle / striped (`igmu erase`, cached), then every attack at
-    `fast` (UnlearnDiffAtk also at `official` on the object task) attacks 16 (prompt, seed) pairs per cell:
+table: the methods at their calibrated strengths (presets/mini.yaml) erase circle / striped (`igmu erase`,
+    cached), then every attack at `fast` (UnlearnDiffAtk also at `official` on the object task) attacks 16 (prompt, seed) pairs per cell:
     the task's explicit forget prompts at seed 0, then again at seed 1 until there are 16 (the object task has
     12 prompts). Each cell is written to out/bench/attacks/cells/ when done; a rerun skips finished cells.
 sweep: diffusion completion on the broken-word model, the original driving the first k of 20 steps (k = 0..20).
@@ -35,8 +35,10 @@ METHODS = [("uce", "uce", []), ("rece", "rece", []), ("esd-x", "esd", ["train_me
            ("advunlearn", "advunlearn", []), ("salun", "salun", []), ("ca", "ca", [])]
 TASKS = ["object-circle", "style-striped"]
 ATTACKS = ["unlearndiffatk", "p4d-n", "p4d-k", "ringabell", "mma", "cce", "noiseprobe"]
+BY_COST = ["mma", "ringabell", "cce", "noiseprobe", "unlearndiffatk", "p4d-k", "p4d-n"]  # CPU s / prompt at `fast`
 EXTRA = [("unlearndiffatk", "official", "object-circle")]  # (attack, budget, task) beyond `fast` everywhere
 N_PROMPTS = 16
+PRESET = "presets/mini.yaml"  # the methods' calibrated strengths (docs/calibration.md), not their published defaults
 
 
 def _setup():
@@ -123,40 +125,46 @@ def erase(label: str, method: str, sets: list[str], task_name: str) -> str:
     from igmu.tasks import load_task
 
     art = OUT / "artifacts" / f"{label}-{task_name}"
+    while _busy(art):  # the other process is erasing it
+        time.sleep(10)
     if (art / "manifest.json").is_file():
         return str(art)
     t = load_task("mini:" + task_name)
-    cmd = [sys.executable, "-m", "igmu.cli", "erase", "--model", "mini", "--method", method, "--out", str(art)]
+    cmd = [sys.executable, "-m", "igmu.cli", "erase", "--model", "mini", "--method", method, "--out", str(art),
+           "--preset", PRESET]
     cmd += [x for tgt in t.targets for x in ("--target", tgt)]
     cmd += ["--anchor", t.anchor] if t.anchor else []
     cmd += [x for kv in sets for x in ("--set", kv)]
-    subprocess.run(cmd, check=True, stdout=subprocess.DEVNULL)
+    with _claim(art):
+        subprocess.run(cmd, check=True, stdout=subprocess.DEVNULL)
     return str(art)
 
 
 def cmd_table(a):
     _setup()
     tasks = a.tasks.split(",") if a.tasks else TASKS
-    cells = [(atk, "fast", t) for t in tasks for atk in ATTACKS] + [x for x in EXTRA if x[2] in tasks]
+    methods = [m for m in (METHODS[::-1] if a.reverse else METHODS) if not a.methods or m[0] in a.methods.split(",")]
+    # attack by attack, cheapest first (docs/robustness.md, cost table), every method and task before the next
+    # attack; the (much dearer) extra budgets last: an interrupted table has the cheap attacks everywhere
+    cells = [(atk, "fast", t) for atk in BY_COST for t in tasks] + [x for x in EXTRA if x[2] in tasks]
+    order = [(m, c) for c in cells for m in methods]
     pipes: dict = {}
-    for label, method, sets in (METHODS[::-1] if a.reverse else METHODS):
-        if a.methods and label not in a.methods.split(","):
+    for (label, method, sets), (atk, budget, t) in order:
+        if a.attacks and atk not in a.attacks.split(","):
             continue
-        for atk, budget, t in cells:
-            if a.attacks and atk not in a.attacks.split(","):
-                continue
-            path = OUT / "cells" / t / label / f"{atk}-{budget}"
-            done = (path / "cell.json").is_file()
-            if not done and _busy(path):
-                continue  # another process of this script is on it
+        path = OUT / "cells" / t / label / f"{atk}-{budget}"
+        done = (path / "cell.json").is_file()
+        if not done and _busy(path):
+            continue  # another process of this script is on it
+        with _claim(path):  # before erasing: the other process moves on instead of waiting for the erasure
             art = erase(label, method, sets, t)
-            with _claim(path):
-                c = run_cell(path, atk, budget, art, t, pipes)
-            if not done:
-                print(f"{t:14s} {label:11s} {atk:15s} {budget:8s} ASR {c['asr']['value']:.0%} "
-                      f"(no attack {c['asr_no_attack']['value']:.0%}) {c['cost']['seconds_per_prompt']:.1f} s/prompt",
-                      flush=True)
-        pipes.clear()
+            if art not in pipes:
+                pipes.clear()  # one unlearned model (and the original) in memory at a time
+            c = run_cell(path, atk, budget, art, t, pipes)
+        if not done:
+            print(f"{t:14s} {label:11s} {atk:15s} {budget:8s} ASR {c['asr']['value']:.0%} "
+                  f"(no attack {c['asr_no_attack']['value']:.0%}) {c['cost']['seconds_per_prompt']:.1f} s/prompt",
+                  flush=True)
 
 
 def cmd_validate(a):
@@ -294,29 +302,37 @@ def cmd_report(a):
 def table_lines(validate: bool = True) -> list[str]:
     """The measured tables: attacks x methods per task (ASR, no-attack share, seconds), the broken-word model
     (validate=True), the full-budget cost."""
+    from igmu.evaluation.metrics import wilson
+
     lines = []
     for t in TASKS:
         cols = [(atk, "fast") for atk in ATTACKS] + [(x, b) for x, b, tt in EXTRA if tt == t]
         lines += [f"\n#### {t} (n = {N_PROMPTS} attacked prompts per cell; ASR [95% Wilson interval]; "
-                  "no-attack share in parentheses)\n",
-                  "| method | " + " | ".join(f"{x} ({b})" for x, b in cols) + " |", "|---|" + "---|" * len(cols)]
+                  "no-attack share in parentheses; methods at their calibrated strengths, presets/mini.yaml)\n",
+                  "| method | " + " | ".join(f"{x} ({b})" for x, b in cols) + " | any `fast` attack |",
+                  "|---|" + "---|" * (len(cols) + 1)]
         for label, _, _ in METHODS:
-            row = []
+            row, fast_hits = [], []
             for x, b in cols:
                 f = OUT / "cells" / t / label / f"{x}-{b}" / "cell.json"
                 if f.is_file():
                     c = json.loads(f.read_text())
                     row.append(f"{_fmt(c['asr'])} ({c['asr_no_attack']['value']:.0%})")
+                    if b == "fast":
+                        fast_hits.append([r["success"] for r in c["records"]])
                 else:
                     row.append("not run")
+            # the same (prompt, seed) pairs in every cell, in order: a pair counts when at least one attack won
+            anyone = [any(h) for h in zip(*fast_hits)] if len(fast_hits) == len(ATTACKS) else None
+            row.append(_fmt(wilson(anyone)) if anyone else f"{len(fast_hits)} of {len(ATTACKS)} run")
             lines.append(f"| {label} | " + " | ".join(row) + " |")
-        lines += ["", "seconds per attacked prompt (mean over the cell, early stops included):", "",
+        lines += ["", "CPU seconds per attacked prompt (mean over the cell, early stops included; one thread):", "",
                   "| method | " + " | ".join(f"{x} ({b})" for x, b in cols) + " |", "|---|" + "---|" * len(cols)]
         for label, _, _ in METHODS:
             row = []
             for x, b in cols:
                 f = OUT / "cells" / t / label / f"{x}-{b}" / "cell.json"
-                row.append(f"{json.loads(f.read_text())['cost']['seconds_per_prompt']:.1f}" if f.is_file() else "–")
+                row.append(f"{json.loads(f.read_text())['cost']['cpu_seconds_per_prompt']:.1f}" if f.is_file() else "–")
             lines.append(f"| {label} | " + " | ".join(row) + " |")
     v = OUT / "validate"
     if validate and v.is_dir():
@@ -358,7 +374,8 @@ def main():
     ap.add_argument("--methods", default="", help="subset of: " + ",".join(m[0] for m in METHODS))
     ap.add_argument("--attacks", default="", help="subset of: " + ",".join(ATTACKS))
     ap.add_argument("--tasks", default="", help="table: subset of: " + ",".join(TASKS))
-    ap.add_argument("--reverse", action="store_true", help="table: methods in reverse order (a second process)")
+    ap.add_argument("--reverse", action="store_true", help="table: methods in reverse order (a second process "
+                    "meets the first in the middle of each attack's row of cells)")
     ap.add_argument("--budgets", default="tiny,fast,official", help="cost: budgets to time")
     ap.add_argument("--prompts", type=int, default=2, help="cost: prompts per (attack, budget)")
     ap.add_argument("--write", default="", help="report: rewrite the generated block of this Markdown file")
