@@ -322,9 +322,14 @@ def table_lines(validate: bool = True) -> list[str]:
                         fast_hits.append([r["success"] for r in c["records"]])
                 else:
                     row.append("not run")
-            # the same (prompt, seed) pairs in every cell, in order: a pair counts when at least one attack won
-            anyone = [any(h) for h in zip(*fast_hits)] if len(fast_hits) == len(ATTACKS) else None
-            row.append(_fmt(wilson(anyone)) if anyone else f"{len(fast_hits)} of {len(ATTACKS)} run")
+            # the same (prompt, seed) pairs in every cell, in order: a pair counts when at least one attack won;
+            # with attacks missing, the share over those run is a lower bound
+            anyone = [any(h) for h in zip(*fast_hits)]
+            if len(fast_hits) == len(ATTACKS):
+                row.append(_fmt(wilson(anyone)))
+            else:
+                row.append(f">= {wilson(anyone)['value']:.0%} ({len(fast_hits)} of {len(ATTACKS)} run)" if anyone
+                           else "not run")
             lines.append(f"| {label} | " + " | ".join(row) + " |")
         lines += ["", "CPU seconds per attacked prompt (mean over the cell, early stops included; one thread):", "",
                   "| method | " + " | ".join(f"{x} ({b})" for x, b in cols) + " |", "|---|" + "---|" * len(cols)]
