@@ -8,9 +8,9 @@
 validate: plain prompting of the broken-word model (how often the target shows without an attack), every
     attack at `fast` on the 16 explicit style prompts, and the same on the original model (trivially 100%).
 table: the methods at their calibrated strengths (presets/mini.yaml) erase circle / striped (`igmu erase`,
-    cached), then every attack at `fast` (UnlearnDiffAtk also at `official` on the object task) attacks 16 (prompt, seed) pairs per cell:
-    the task's explicit forget prompts at seed 0, then again at seed 1 until there are 16 (the object task has
-    12 prompts). Each cell is written to out/bench/attacks/cells/ when done; a rerun skips finished cells.
+    cached), then every attack at `fast` (UnlearnDiffAtk also at `official` on the object task) attacks 16
+    (prompt, seed) pairs per cell: the task's explicit forget prompts at seed 0, then again at seed 1 until
+    there are 16 (the object task has 12 prompts). Cells run attack by attack, cheapest first. Each cell is written to out/bench/attacks/cells/ when done; a rerun skips finished cells.
 sweep: diffusion completion on the broken-word model, the original driving the first k of 20 steps (k = 0..20).
 cost: seconds per attacked prompt on the UCE object artifact for each attack and budget, with early stopping
     off (a judge that never sees the target), so the figure is the full budget's cost: `--prompts` prompts.
@@ -36,6 +36,7 @@ METHODS = [("uce", "uce", []), ("rece", "rece", []), ("esd-x", "esd", ["train_me
 TASKS = ["object-circle", "style-striped"]
 ATTACKS = ["unlearndiffatk", "p4d-n", "p4d-k", "ringabell", "mma", "cce", "noiseprobe"]
 BY_COST = ["mma", "ringabell", "cce", "noiseprobe", "unlearndiffatk", "p4d-k", "p4d-n"]  # CPU s / prompt at `fast`
+assert sorted(BY_COST) == sorted(ATTACKS)
 EXTRA = [("unlearndiffatk", "official", "object-circle")]  # (attack, budget, task) beyond `fast` everywhere
 N_PROMPTS = 16
 PRESET = "presets/mini.yaml"  # the methods' calibrated strengths (docs/calibration.md), not their published defaults
