@@ -10,7 +10,8 @@ validate: plain prompting of the broken-word model (how often the target shows w
 table: the methods at their calibrated strengths (presets/mini.yaml) erase circle / striped (`igmu erase`,
     cached), then every attack at `fast` (UnlearnDiffAtk also at `official` on the object task) attacks 16
     (prompt, seed) pairs per cell: the task's explicit forget prompts at seed 0, then again at seed 1 until
-    there are 16 (the object task has 12 prompts). Cells run attack by attack, cheapest first. Each cell is written to out/bench/attacks/cells/ when done; a rerun skips finished cells.
+    there are 16 (the object task has 12 prompts). Cells run attack by attack, cheapest first; each is written
+    to out/bench/attacks/cells/ when done; a rerun skips finished cells.
 sweep: diffusion completion on the broken-word model, the original driving the first k of 20 steps (k = 0..20).
 cost: seconds per attacked prompt on the UCE object artifact for each attack and budget, with early stopping
     off (a judge that never sees the target), so the figure is the full budget's cost: `--prompts` prompts.
