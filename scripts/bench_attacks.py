@@ -155,18 +155,16 @@ def cmd_table(a):
         if a.attacks and atk not in a.attacks.split(","):
             continue
         path = OUT / "cells" / t / label / f"{atk}-{budget}"
-        done = (path / "cell.json").is_file()
-        if not done and _busy(path):
-            continue  # another process of this script is on it
+        if (path / "cell.json").is_file() or _busy(path):
+            continue  # done, or another process of this script is on it
         with _claim(path):  # before erasing: the other process moves on instead of waiting for the erasure
             art = erase(label, method, sets, t)
             if art not in pipes:
                 pipes.clear()  # one unlearned model (and the original) in memory at a time
             c = run_cell(path, atk, budget, art, t, pipes)
-        if not done:
-            print(f"{t:14s} {label:11s} {atk:15s} {budget:8s} ASR {c['asr']['value']:.0%} "
-                  f"(no attack {c['asr_no_attack']['value']:.0%}) {c['cost']['seconds_per_prompt']:.1f} s/prompt",
-                  flush=True)
+        print(f"{t:14s} {label:11s} {atk:15s} {budget:8s} ASR {c['asr']['value']:.0%} "
+              f"(no attack {c['asr_no_attack']['value']:.0%}) {c['cost']['seconds_per_prompt']:.1f} s/prompt",
+              flush=True)
 
 
 def cmd_validate(a):
