@@ -21,6 +21,7 @@ Everything runs with one thread per process (the machine's 2 cores are shared); 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import subprocess
@@ -65,8 +66,12 @@ def judge_for(task):
     return lambda imgs: j.detect(imgs, list(task.targets), ctx).any(1)
 
 
-def run_cell(path: Path, attack: str, budget: str, unlearned: str, task_name: str, pipes: dict) -> dict:
-    """One (attack, budget, model, task) cell: run, then write path (JSON) and its images atomically."""
+def run_cell(path: Path, attack: str, budget: str, unlearned: str, task_name: str, pipes: dict,
+             per_prompt: bool = False) -> dict:
+    """One (attack, budget, model, task) cell: run, then write path (JSON) and its images atomically. With
+    per_prompt (the dear `official` cells: up to 49 CPU-min each), every prompt is its own claimed part file, so an
+    interrupted cell resumes where it stopped and two processes split one cell; the per-prompt seeds make the
+    records the same as one run's. Returns {} when the other process still holds the cell's last prompts."""
     import numpy as np
     from PIL import Image
 
@@ -85,12 +90,34 @@ def run_cell(path: Path, attack: str, budget: str, unlearned: str, task_name: st
         if spec not in pipes:
             pipes[spec] = load_model(spec)
     t0 = time.perf_counter()
-    res = run_attack(attack, pipes[unlearned], pipes["mini"], task.targets[0], prompts, seeds, budget,
-                     judge_for(task), GenSettings(), 0, task.category.kind)
+    if not per_prompt:
+        res = run_attack(attack, pipes[unlearned], pipes["mini"], task.targets[0], prompts, seeds, budget,
+                         judge_for(task), GenSettings(), 0, task.category.kind)
+    else:  # one part file per prompt: resumable, and two processes share the cell prompt by prompt
+        parts, res = path.parent / f".{path.name}.parts", None
+        for i, (p, s) in enumerate(zip(prompts, seeds)):
+            part = parts / f"{i:02d}"
+            if (part / "part.json").is_file() or _busy(part):
+                continue
+            with _claim(part):
+                r = run_attack(attack, pipes[unlearned], pipes["mini"], task.targets[0], [p], [s], budget,
+                               judge_for(task), GenSettings(), 0, task.category.kind)
+                with atomic_dir(part) as tmp:
+                    Image.fromarray(np.asarray(r["records"][0].pop("_image"))).save(tmp / "image.png")
+                    r["records"][0].pop("embedding", None)
+                    (tmp / "part.json").write_text(json.dumps(r, indent=1))
+        done = [parts / f"{i:02d}" / "part.json" for i in range(len(prompts))]
+        if not all(f.is_file() for f in done) or (path / "cell.json").is_file():
+            return {}  # the other process is on the last prompts (it writes the cell), or has written it
+        rs = [json.loads(f.read_text()) for f in done]
+        res = rs[0] | {k: round(sum(r[k] for r in rs), 3) for k in ("shared_seconds", "shared_cpu_seconds", "shared_images")}
+        res["records"] = [r["records"][0] | {"_image": np.asarray(Image.open(f.parent / "image.png"))} for r, f in zip(rs, done)]
     recs = res["records"]
     out = {"attack": attack, "budget": budget, "model": unlearned, "task": task_name,
            "asr": wilson([r["success"] for r in recs]), "asr_no_attack": wilson([r["success_no_attack"] for r in recs]),
-           "cost": summary_cost(res), "seconds": round(time.perf_counter() - t0, 1),
+           "cost": summary_cost(res),
+           "seconds": round(sum(r["seconds"] for r in recs) + res["shared_seconds"] if per_prompt
+                            else time.perf_counter() - t0, 1),
            "budget_values": res["budget_values"], "shared_seconds": res["shared_seconds"],
            "records": [{k: v for k, v in r.items() if not k.startswith("_") and k != "embedding"} for r in recs]}
     with atomic_dir(path) as tmp:
@@ -155,13 +182,16 @@ def cmd_table(a):
         if a.attacks and atk not in a.attacks.split(","):
             continue
         path = OUT / "cells" / t / label / f"{atk}-{budget}"
-        if (path / "cell.json").is_file() or _busy(path):
+        shared = budget != "fast"  # the extra budgets: split prompt by prompt (run_cell), not claimed whole
+        if (path / "cell.json").is_file() or (not shared and _busy(path)):
             continue  # done, or another process of this script is on it
-        with _claim(path):  # before erasing: the other process moves on instead of waiting for the erasure
-            art = erase(label, method, sets, t)
+        with _claim(path) if not shared else contextlib.nullcontext():  # before erasing: the other process moves
+            art = erase(label, method, sets, t)  # on instead of waiting for the erasure
             if art not in pipes:
                 pipes.clear()  # one unlearned model (and the original) in memory at a time
-            c = run_cell(path, atk, budget, art, t, pipes)
+            c = run_cell(path, atk, budget, art, t, pipes, per_prompt=shared)
+        if not c:
+            continue
         print(f"{t:14s} {label:11s} {atk:15s} {budget:8s} ASR {c['asr']['value']:.0%} "
               f"(no attack {c['asr_no_attack']['value']:.0%}) {c['cost']['seconds_per_prompt']:.1f} s/prompt",
               flush=True)
