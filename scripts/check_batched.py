@@ -17,11 +17,12 @@ kernel rounding (unless --working-sets changes the working side, e.g. ESD's opt-
 
     python scripts/check_batched.py --rev ac3cfac                                  # ESD-x, default and strong
     python scripts/check_batched.py --rev ac3cfac --working-sets xt_share=4        # the opt-in trade
-    python scripts/check_batched.py --rev ac3cfac --method advunlearn --settings default
+    python scripts/check_batched.py --rev ac3cfac --method advunlearn
 
 Settings of ESD: "default" (ESD-x at its published defaults) and "strong" (lr 2e-3, so that the mini model
-visibly forgets and the check compares erasures rather than two unchanged models); AdvUnlearn: "default"
-(its mini-model defaults).
+visibly forgets and the check compares erasures rather than two unchanged models); AdvUnlearn: "small"
+(100 iterations, lr 2e-3, warm-up 20, 5 attack steps, 10 sampler steps: the defaults of revision ac3cfac, given
+to both sides, since the defaults are now the published ones).
 """
 from __future__ import annotations
 
@@ -36,7 +37,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from revision_sides import ROOT, resolve_rev, revision_tree, run_sides  # noqa: E402
 
 SETTINGS = {"esd": {"default": ["train_method=xattn"], "strong": ["train_method=xattn", "lr=2e-3"]},
-            "advunlearn": {"default": []}}
+            # AdvUnlearn's defaults changed after ac3cfac (its mini scaling became the published values), so
+            # both sides get the revision's values explicitly: the same configuration on both sides
+            "advunlearn": {"small": ["iterations=100", "lr=2e-3", "warmup_iter=20", "attack_step=5",
+                                     "sample_steps=10"]}}
 KINDS = {"circle": "object", "striped": "style", "hex mark": "unsafe"}
 
 
