@@ -329,6 +329,22 @@ def cmd_report(a):
     print("\n".join(["#### budgets\n"] + budgets_table() + lines))
 
 
+def _load_cell(t: str, label: str, x: str, b: str) -> dict | None:
+    """A finished cell, or an unfinished per-prompt cell's parts so far (marked "partial"), or None."""
+    from igmu.evaluation.metrics import wilson
+
+    path = OUT / "cells" / t / label / f"{x}-{b}"
+    if (path / "cell.json").is_file():
+        return json.loads((path / "cell.json").read_text())
+    recs = [json.loads(f.read_text())["records"][0]
+            for f in sorted((path.parent / f".{path.name}.parts").glob("*/part.json"))]
+    if not recs:
+        return None
+    return {"partial": True, "records": recs, "asr": wilson([r["success"] for r in recs]),
+            "asr_no_attack": wilson([r["success_no_attack"] for r in recs]),
+            "cost": {"cpu_seconds_per_prompt": sum(r["cpu_seconds"] for r in recs) / len(recs)}}
+
+
 def table_lines(validate: bool = True) -> list[str]:
     """The measured tables: attacks x methods per task (ASR, no-attack share, seconds), the broken-word model
     (validate=True), the full-budget cost."""
@@ -339,35 +355,38 @@ def table_lines(validate: bool = True) -> list[str]:
         cols = [(atk, "fast") for atk in ATTACKS] + [(x, b) for x, b, tt in EXTRA if tt == t]
         lines += [f"\n#### {t} (n = {N_PROMPTS} attacked prompts per cell; ASR [95% Wilson interval]; "
                   "no-attack share in parentheses; methods at their calibrated strengths, presets/mini.yaml)\n",
-                  "| method | " + " | ".join(f"{x} ({b})" for x, b in cols) + " | any `fast` attack |",
-                  "|---|" + "---|" * (len(cols) + 1)]
+                  "| method | " + " | ".join(f"{x} ({b})" for x, b in cols) + " | any `fast` attack |" +
+                  (" any attack, `official` included |" if len(cols) > len(ATTACKS) else ""),
+                  "|---|" + "---|" * (len(cols) + 1 + (len(cols) > len(ATTACKS)))]
         for label, _, _ in METHODS:
-            row, fast_hits = [], []
+            row, fast_hits, all_hits = [], [], []
             for x, b in cols:
-                f = OUT / "cells" / t / label / f"{x}-{b}" / "cell.json"
-                if f.is_file():
-                    c = json.loads(f.read_text())
-                    row.append(f"{_fmt(c['asr'])} ({c['asr_no_attack']['value']:.0%})")
-                    if b == "fast":
-                        fast_hits.append([r["success"] for r in c["records"]])
+                c = _load_cell(t, label, x, b)
+                if c:
+                    row.append(f"{_fmt(c['asr'])} ({c['asr_no_attack']['value']:.0%})" +
+                               (f", {len(c['records'])} of {N_PROMPTS} prompts so far" if c.get("partial") else ""))
+                    if not c.get("partial"):
+                        all_hits.append([r["success"] for r in c["records"]])
+                    if b == "fast" and not c.get("partial"):
+                        fast_hits.append(all_hits[-1])
                 else:
                     row.append("not run")
             # the same (prompt, seed) pairs in every cell, in order: a pair counts when at least one attack won;
             # with attacks missing, the share over those run is a lower bound
-            anyone = [any(h) for h in zip(*fast_hits)]
-            if len(fast_hits) == len(ATTACKS):
-                row.append(_fmt(wilson(anyone)))
-            else:
-                row.append(f">= {wilson(anyone)['value']:.0%} ({len(fast_hits)} of {len(ATTACKS)} run)" if anyone
-                           else "not run")
+            for hits, of in ((fast_hits, len(ATTACKS)), (all_hits, len(cols)))[:1 + (len(cols) > len(ATTACKS))]:
+                anyone = [any(h) for h in zip(*hits)]
+                if len(hits) == of:
+                    row.append(_fmt(wilson(anyone)))
+                else:
+                    row.append(f">= {wilson(anyone)['value']:.0%} ({len(hits)} of {of} run)" if anyone else "not run")
             lines.append(f"| {label} | " + " | ".join(row) + " |")
         lines += ["", "CPU seconds per attacked prompt (mean over the cell, early stops included; one thread):", "",
                   "| method | " + " | ".join(f"{x} ({b})" for x, b in cols) + " |", "|---|" + "---|" * len(cols)]
         for label, _, _ in METHODS:
             row = []
             for x, b in cols:
-                f = OUT / "cells" / t / label / f"{x}-{b}" / "cell.json"
-                row.append(f"{json.loads(f.read_text())['cost']['cpu_seconds_per_prompt']:.1f}" if f.is_file() else "–")
+                c = _load_cell(t, label, x, b)
+                row.append(f"{c['cost']['cpu_seconds_per_prompt']:.1f}" if c else "–")
             lines.append(f"| {label} | " + " | ".join(row) + " |")
     v = OUT / "validate"
     if validate and v.is_dir():
