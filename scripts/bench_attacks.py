@@ -106,12 +106,12 @@ def run_cell(path: Path, attack: str, budget: str, unlearned: str, task_name: st
                     Image.fromarray(np.asarray(r["records"][0].pop("_image"))).save(tmp / "image.png")
                     r["records"][0].pop("embedding", None)
                     (tmp / "part.json").write_text(json.dumps(r, indent=1))
-        done = [parts / f"{i:02d}" / "part.json" for i in range(len(prompts))]
-        if not all(f.is_file() for f in done) or (path / "cell.json").is_file():
+        done = _parts(path)
+        if len(done) < len(prompts) or (path / "cell.json").is_file():
             return {}  # the other process is on the last prompts (it writes the cell), or has written it
-        rs = [json.loads(f.read_text()) for f in done]
+        rs = [r for r, _ in done]
         res = rs[0] | {k: round(sum(r[k] for r in rs), 3) for k in ("shared_seconds", "shared_cpu_seconds", "shared_images")}
-        res["records"] = [r["records"][0] | {"_image": np.asarray(Image.open(f.parent / "image.png"))} for r, f in zip(rs, done)]
+        res["records"] = [r["records"][0] | {"_image": np.asarray(Image.open(d / "image.png"))} for r, d in done]
     recs = res["records"]
     out = {"attack": attack, "budget": budget, "model": unlearned, "task": task_name,
            "asr": wilson([r["success"] for r in recs]), "asr_no_attack": wilson([r["success_no_attack"] for r in recs]),
@@ -182,14 +182,14 @@ def cmd_table(a):
         if a.attacks and atk not in a.attacks.split(","):
             continue
         path = OUT / "cells" / t / label / f"{atk}-{budget}"
-        shared = budget != "fast"  # the extra budgets: split prompt by prompt (run_cell), not claimed whole
-        if (path / "cell.json").is_file() or (not shared and _busy(path)):
+        split = budget != "fast"  # the extra budgets: split prompt by prompt (run_cell), not claimed whole
+        if (path / "cell.json").is_file() or (not split and _busy(path)):
             continue  # done, or another process of this script is on it
-        with _claim(path) if not shared else contextlib.nullcontext():  # before erasing: the other process moves
+        with _claim(path) if not split else contextlib.nullcontext():  # before erasing: the other process moves
             art = erase(label, method, sets, t)  # on instead of waiting for the erasure
             if art not in pipes:
                 pipes.clear()  # one unlearned model (and the original) in memory at a time
-            c = run_cell(path, atk, budget, art, t, pipes, per_prompt=shared)
+            c = run_cell(path, atk, budget, art, t, pipes, per_prompt=split)
         if not c:
             continue
         print(f"{t:14s} {label:11s} {atk:15s} {budget:8s} ASR {c['asr']['value']:.0%} "
@@ -329,6 +329,11 @@ def cmd_report(a):
     print("\n".join(["#### budgets\n"] + budgets_table() + lines))
 
 
+def _parts(path: Path) -> list[tuple[dict, Path]]:
+    """The finished prompts of a per-prompt cell: (the part's run_attack result, its folder), in prompt order."""
+    return [(json.loads(f.read_text()), f.parent) for f in sorted((path.parent / f".{path.name}.parts").glob("*/part.json"))]
+
+
 def _load_cell(t: str, label: str, x: str, b: str) -> dict | None:
     """A finished cell, or an unfinished per-prompt cell's parts so far (marked "partial"), or None."""
     from igmu.evaluation.metrics import wilson
@@ -336,8 +341,7 @@ def _load_cell(t: str, label: str, x: str, b: str) -> dict | None:
     path = OUT / "cells" / t / label / f"{x}-{b}"
     if (path / "cell.json").is_file():
         return json.loads((path / "cell.json").read_text())
-    recs = [json.loads(f.read_text())["records"][0]
-            for f in sorted((path.parent / f".{path.name}.parts").glob("*/part.json"))]
+    recs = [r["records"][0] for r, _ in _parts(path)]
     if not recs:
         return None
     return {"partial": True, "records": recs, "asr": wilson([r["success"] for r in recs]),
@@ -353,11 +357,12 @@ def table_lines(validate: bool = True) -> list[str]:
     lines = []
     for t in TASKS:
         cols = [(atk, "fast") for atk in ATTACKS] + [(x, b) for x, b, tt in EXTRA if tt == t]
+        extra = len(cols) > len(ATTACKS)  # this task also has dearer budgets: a second union column counts them
         lines += [f"\n#### {t} (n = {N_PROMPTS} attacked prompts per cell; ASR [95% Wilson interval]; "
                   "no-attack share in parentheses; methods at their calibrated strengths, presets/mini.yaml)\n",
                   "| method | " + " | ".join(f"{x} ({b})" for x, b in cols) + " | any `fast` attack |" +
-                  (" any attack, `official` included |" if len(cols) > len(ATTACKS) else ""),
-                  "|---|" + "---|" * (len(cols) + 1 + (len(cols) > len(ATTACKS)))]
+                  (" any attack, `official` included |" if extra else ""),
+                  "|---|" + "---|" * (len(cols) + 1 + extra)]
         for label, _, _ in METHODS:
             row, fast_hits, all_hits = [], [], []
             for x, b in cols:
@@ -373,7 +378,7 @@ def table_lines(validate: bool = True) -> list[str]:
                     row.append("not run")
             # the same (prompt, seed) pairs in every cell, in order: a pair counts when at least one attack won;
             # with attacks missing, the share over those run is a lower bound
-            for hits, of in ((fast_hits, len(ATTACKS)), (all_hits, len(cols)))[:1 + (len(cols) > len(ATTACKS))]:
+            for hits, of in [(fast_hits, len(ATTACKS))] + ([(all_hits, len(cols))] if extra else []):
                 anyone = [any(h) for h in zip(*hits)]
                 if len(hits) == of:
                     row.append(_fmt(wilson(anyone)))
