@@ -26,6 +26,9 @@ SHIPPED = {
     "unsafe-mark.yaml": {"target": "hex mark"},
     "many-circle-square.yaml": {"target": "circle", "extra_targets": ["square"], "scope": "many"},
     "sequential-striped-dotted.yaml": {"target": "striped", "extra_targets": ["dotted"], "scope": "sequential"},
+    # calibration-side concepts (never a test concept of benchmarks/mini.yaml): benchmarks/calibration-probe.yaml
+    "object-star.yaml": {"target": "star"},
+    "style-checkered.yaml": {"target": "checkered"},
 }
 
 
