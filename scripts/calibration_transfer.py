@@ -11,7 +11,7 @@ tuning on the test concepts, which the calibration protocol forbids).
     python scripts/calibration_transfer.py presets/mini.yaml --entries esd-u,ca,receler,advunlearn \\
         --out benchmarks/calibration-transfer.yaml
     igmu bench --config benchmarks/calibration-transfer.yaml --out out/bench-calibration-transfer
-    python scripts/calibration_table.py presets/mini.yaml --transfer out/bench-calibration-transfer --tests-only \\
+    python scripts/calibration_table.py presets/mini.yaml --transfer out/bench-calibration-transfer \\
         --out docs/results/calibration-transfer.md
 """
 from __future__ import annotations
@@ -30,7 +30,7 @@ HEAD = """\
 # at that rung's values, the rest from the preset), run on the object and style TEST tasks with the evidence floors
 # of benchmarks/mini.yaml. Reported only: the preset is never changed from these results.
 #   igmu bench --config benchmarks/calibration-transfer.yaml --out out/bench-calibration-transfer
-#   python scripts/calibration_table.py {preset} --transfer out/bench-calibration-transfer --tests-only \\
+#   python scripts/calibration_table.py {preset} --transfer out/bench-calibration-transfer \\
 #       --out docs/results/calibration-transfer.md
 """
 
