@@ -17,12 +17,14 @@ tuning on the test concepts, which the calibration protocol forbids).
 from __future__ import annotations
 
 import argparse
+import os
 from pathlib import Path
 
 import yaml
 
 from igmu.bench.calibrate import RUNGS, rung_values
 from igmu.methods import get_method
+from igmu.utils.io import atomic_path
 
 HEAD = """\
 # The calibration transfer diagnostic (docs/calibration.md): written by scripts/calibration_transfer.py from {preset};
@@ -60,7 +62,7 @@ def main():
     config = {
         "name": "calibration-transfer",
         "model": preset["model"],
-        "preset": str(Path("..") / a.preset),
+        "preset": os.path.relpath(Path(a.preset).resolve(), out.resolve().parent),  # a config's paths are its own
         "methods": entries(preset, [x.strip() for x in a.entries.split(",") if x.strip()]),
         "tasks": a.tasks.split(","),
         "seeds": [0],
@@ -68,7 +70,8 @@ def main():
         "evaluation": {"min_forget_images": 32, "min_retain_images": 16, "attack_prompts": 0},
         "resources": {"cpus": 1, "gpus": 0},
     }
-    out.write_text(HEAD.format(preset=a.preset) + yaml.safe_dump(config, sort_keys=False, width=110))
+    with atomic_path(out) as tmp:
+        Path(tmp).write_text(HEAD.format(preset=a.preset) + yaml.safe_dump(config, sort_keys=False, width=110))
     print(f"wrote {out}: {len(config['methods'])} entries x {len(config['tasks'])} tasks")
 
 
