@@ -55,11 +55,33 @@ class PresetChoice:
                 "model_fingerprint": self.model_fingerprint}
 
 
+_READ: dict[tuple, dict] = {}  # (resolved path, sha256 of its bytes) -> validated mapping
+
+
 def read_preset(path) -> dict:
-    """A validated preset mapping (format, version, model_fingerprint, methods with method/fixed/set)."""
-    from .utils.io import read_mapping
+    """A validated preset mapping (format, version, model_fingerprint, methods with method/fixed/set). A bench
+    config resolves every method entry against the same preset file, and parsing the mini preset (3,000 lines
+    of YAML) took about a second each time, so the same file content is parsed once per process; callers get
+    their own copy."""
+    import copy
+    import hashlib
 
     path = Path(path)
+    try:  # keyed by content: a rewrite within the file system's timestamp granularity is still seen
+        key = (str(path.resolve()), hashlib.sha256(path.read_bytes()).hexdigest())
+    except OSError:
+        key = None  # read_mapping below says what is wrong with the path
+    if key in _READ:
+        return copy.deepcopy(_READ[key])
+    data = _read_preset(path)
+    if key is not None:
+        _READ[key] = copy.deepcopy(data)
+    return data
+
+
+def _read_preset(path: Path) -> dict:
+    from .utils.io import read_mapping
+
     data = read_mapping(path, "preset file")
     if data.get("format") != FORMAT:
         raise UserError(f"{path} is not an igmu preset file (no 'format: {FORMAT}'); write one with igmu calibrate")
