@@ -64,11 +64,10 @@ def read_preset(path) -> dict:
     of YAML) took about a second each time, so the same file content is parsed once per process; callers get
     their own copy."""
     import copy
-    import hashlib
 
     path = Path(path)
     try:  # keyed by content: a rewrite within the file system's timestamp granularity is still seen
-        key = (str(path.resolve()), hashlib.sha256(path.read_bytes()).hexdigest())
+        key = (str(path.resolve()), file_sha256(path))
     except OSError:
         key = None  # read_mapping below says what is wrong with the path
     if key in _READ:
