@@ -74,6 +74,7 @@ def test_sigkill_three_times_then_resume_gives_the_same_results(sweep, reference
     r = _cli("bench", "--config", str(sweep), "--out", str(out), "--parallel", "2", "--threads", "1")
     assert r.returncode == 0, r.stderr
     assert _results(out) == _results(reference)
+    assert {r["runtime"]["threads"] for r in _results(out).values()} == {1}  # recorded: numbers depend on it
     assert not list(out.rglob(".*.tmp"))  # nothing half-written left behind
     # a rerun after completion does nothing
     r = _cli("bench", "--config", str(sweep), "--out", str(out))

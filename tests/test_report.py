@@ -111,6 +111,27 @@ def bench(tmp_path):
     return _bench(tmp_path / "b", CELLS, finished={"uce-t-0", "esd-t-0"})
 
 
+def test_report_says_the_cells_cpu_kernels_and_threads(tmp_path):
+    """Fine-tuning results differ between CPU thread counts and instruction sets, so the leaderboard says at
+    which the cells ran: one, a mix, or not recorded (results written before igmu recorded it)."""
+    root = _bench(tmp_path / "b", CELLS)
+
+    def runtime(cid, threads, cpu="AVX2"):
+        p = root / "cells" / cid / "results.json"
+        p.write_text(json.dumps({**json.loads(p.read_text()), "runtime": {"device": "cpu", "threads": threads,
+                                                                         "cpu": cpu}}))
+    for cid, t in (("uce-t-0", 1), ("esd-t-0", 2), ("sld-t-0", 1)):
+        runtime(cid, t)
+    md = write_report(root)["md"].read_text(encoding="utf-8")
+    assert "- CPU kernels and threads: mixed: AVX2 x 1 thread\\(s\\) in 2 cells, AVX2 x 2 thread\\(s\\) in 1 cells" in md
+    runtime("esd-t-0", 1)
+    assert load_bench(root).cpu_runtime() == "AVX2 x 1 thread(s) (all 3 finished cells)"
+    assert "CPU kernels and threads" in write_report(root)["html"].read_text(encoding="utf-8")
+    runtime("esd-t-0", 1, "AVX512")
+    assert load_bench(root).cpu_runtime().startswith("mixed: AVX2 x 1 thread(s) in 2 cells, AVX512")
+    assert load_bench(_bench(tmp_path / "old", CELLS)).cpu_runtime() == "not recorded (all 3 finished cells)"
+
+
 def test_report_files_and_content(bench):
     paths = write_report(bench)
     assert set(paths) == {"html", "md", "csv"}

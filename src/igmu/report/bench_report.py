@@ -76,6 +76,22 @@ class Bench:
     def cells_of(self, task: str) -> list[Cell]:
         return [c for c in self.cells if c.task == task]
 
+    def cpu_runtime(self) -> str:
+        """The CPU kernels (instruction set) and thread count the finished cells ran at (results.json runtime).
+        Fine-tuning results differ between thread counts and between instruction sets, so a leaderboard says
+        whether its cells share one."""
+        counts: dict[str, int] = {}
+        for c in self.cells:
+            if c.status == "finished":
+                rt = c.results.get("runtime") if isinstance(c.results.get("runtime"), dict) else {}
+                t, isa = rt.get("threads"), rt.get("cpu")
+                ok = isinstance(t, int) and not isinstance(t, bool) and isinstance(isa, str)
+                key = f"{_one_line(isa)} x {t} thread(s)" if ok else "not recorded"
+                counts[key] = counts.get(key, 0) + 1
+        if len(counts) == 1:
+            return f"{next(iter(counts))} (all {sum(counts.values())} finished cells)"
+        return "mixed: " + ", ".join(f"{k} in {n} cells" for k, n in sorted(counts.items()))
+
 
 def _one_line(x) -> str:
     return " ".join(str(x).split())
@@ -369,7 +385,7 @@ def _provenance_html(b: Bench) -> str:
     prov = b.meta.get("provenance") if isinstance(b.meta.get("provenance"), dict) else {}
     kv = [("created", prov.get("created")), ("model", prov.get("model")),
           ("model fingerprint", prov.get("model_fingerprint")), ("config sha256", prov.get("config_sha256")),
-          ("folder", str(b.root))]
+          ("CPU kernels and threads", b.cpu_runtime()), ("folder", str(b.root))]
     versions = prov.get("versions") if isinstance(prov.get("versions"), dict) else {}
     rows = [f"<th>{esc(k)}</th><td><code>{esc('–' if v is None else v)}</code></td>" for k, v in kv]
     rows += [f"<th>{esc(k)}</th><td><code>{esc(v)}</code></td>" for k, v in versions.items()]
@@ -874,6 +890,7 @@ def render_markdown(b: Bench) -> str:
     for k in ("created", "model", "model_fingerprint", "config_sha256"):
         if prov.get(k) is not None:
             lines.append(f"- {md(k.replace('_', ' '))}: {md(prov[k])}")
+    lines.append(f"- CPU kernels and threads: {md(b.cpu_runtime())}")
     lines.append("")
     lines.append("Value [95% interval] (n); ↓ lower is better, ↑ higher is better; "
                  "– : not measured or not finished. "

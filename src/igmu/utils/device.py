@@ -90,8 +90,14 @@ class Runtime:
         return self.dtype in (torch.float16, torch.bfloat16)
 
     def describe(self) -> dict:
+        """What the run's numbers depend on. `threads` (torch's CPU intra-op threads when described) and
+        `cpu` (the instruction set torch's CPU kernels dispatch to: AVX2, AVX512, ...): CPU kernels split
+        their reductions by thread count and vector width, so a gradient step's float sums differ in the last
+        bits between them, and over a fine-tuning run that grows into other images (docs/benchmark.md,
+        "Reproducibility")."""
         return {"device": str(self.device), "dtype": dtype_name(self.dtype),
-                "gradient_checkpointing": self.gradient_checkpointing}
+                "gradient_checkpointing": self.gradient_checkpointing, "threads": torch.get_num_threads(),
+                "cpu": torch.backends.cpu.get_cpu_capability()}
 
 
 OOM_HINT = ("try --dtype float16 or bfloat16, --gradient-checkpointing (fine-tuning methods), or a smaller "
