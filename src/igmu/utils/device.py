@@ -94,7 +94,7 @@ class Runtime:
         `cpu` (the instruction set torch's CPU kernels dispatch to: AVX2, AVX512, ...): CPU kernels split
         their reductions by thread count and vector width, so a gradient step's float sums differ in the last
         bits between them, and over a fine-tuning run that grows into other images (docs/benchmark.md,
-        "Reproducibility")."""
+        "Reproducible on one CPU kind at one thread count")."""
         return {"device": str(self.device), "dtype": dtype_name(self.dtype),
                 "gradient_checkpointing": self.gradient_checkpointing, "threads": torch.get_num_threads(),
                 "cpu": torch.backends.cpu.get_cpu_capability()}
