@@ -15,6 +15,7 @@ import csv
 import json
 import math
 import re
+from collections import Counter
 from dataclasses import dataclass, field
 from itertools import combinations
 from pathlib import Path
@@ -80,14 +81,13 @@ class Bench:
         """The CPU kernels (instruction set) and thread count the finished cells ran at (results.json runtime).
         Fine-tuning results differ between thread counts and between instruction sets, so a leaderboard says
         whether its cells share one."""
-        counts: dict[str, int] = {}
-        for c in self.cells:
-            if c.status == "finished":
-                rt = c.results.get("runtime") if isinstance(c.results.get("runtime"), dict) else {}
-                t, isa = rt.get("threads"), rt.get("cpu")
-                ok = isinstance(t, int) and not isinstance(t, bool) and isinstance(isa, str)
-                key = f"{_one_line(isa)} x {t} thread(s)" if ok else "not recorded"
-                counts[key] = counts.get(key, 0) + 1
+        def setting(c: Cell) -> str:
+            rt = c.results.get("runtime") if isinstance(c.results.get("runtime"), dict) else {}
+            t, isa = rt.get("threads"), rt.get("cpu")
+            ok = isinstance(t, int) and not isinstance(t, bool) and isinstance(isa, str)
+            return f"{_one_line(isa)} x {t} thread(s)" if ok else "not recorded"
+
+        counts = Counter(setting(c) for c in self.cells if c.status == "finished")
         if len(counts) == 1:
             return f"{next(iter(counts))} (all {sum(counts.values())} finished cells)"
         return "mixed: " + ", ".join(f"{k} in {n} cells" for k, n in sorted(counts.items()))
