@@ -120,6 +120,35 @@ def test_search_mechanics():
     assert strip_target("a red striped circle", "striped") == "a red circle"
 
 
+def test_pooled_text_embedding_reads_only_up_to_the_end_token(uce_pair):
+    """MMA's pooled embeddings encode only the tokens up to the end token (CLIP is causal and pools that token):
+    the same embedding as the padded call, up to kernel rounding, with and without replaced slots; batched
+    decoding gives each row's decode()."""
+    from igmu.attacks.search import decode, decode_rows, pooled_with, prefix_layout, through_end
+    from igmu.diffusion.arch import adapter_for
+    from igmu.diffusion.prompt_attack import with_slots
+
+    for kind in ("sd1", "sd2"):
+        a = adapter_for(uce_pair[kind][1])
+        tok, te = a.tokenizer, a.text_encoder
+        ids = torch.cat([a.tokenize([PROMPT]), a.tokenize(["a star"])])
+        cut = through_end(te, tok, ids)
+        assert cut.shape[1] == len(tok(PROMPT).input_ids) < ids.shape[1]
+        assert torch.equal(cut, ids[:, :cut.shape[1]])
+        with torch.no_grad():
+            full = te(ids).pooler_output
+            assert torch.allclose(pooled_with(a, ids), full, atol=1e-5)
+            for fill in ([tok.eos_token_id] * 2, tok(" red star", add_special_tokens=False).input_ids[:2]):
+                slot_ids, pos = prefix_layout(tok, PROMPT, 2, fill)  # CLIP pools the first end token, a slot
+                vec = torch.randn(2, a.token_embeddings().weight.shape[1],  # in the first layout
+                                  generator=torch.Generator().manual_seed(0))
+                with with_slots(a.token_embeddings(), pos, vec):
+                    ref = te(slot_ids).pooler_output
+                assert torch.allclose(pooled_with(a, slot_ids, pos, vec), ref, atol=1e-5)
+        assert decode_rows(tok, ids) == [decode(tok, r) for r in ids] == [PROMPT, "a star"]
+    assert torch.equal(through_end(torch.nn.Identity(), tok, ids), ids)  # not a CLIP text encoder: unchanged
+
+
 def test_calls_an_attack_cannot_serve_fail_in_one_line(uce_pair, plain_unet_model):
     from igmu.artifacts import load_model
 

@@ -29,7 +29,7 @@ from pydantic import Field
 from ..diffusion.arch import adapter_for
 
 from .base import Attack, Budget, Found, check_differentiable, register
-from .search import allowed_tokens, banned_for, decode, pooled_with, prefix_layout, random_tokens
+from .search import allowed_tokens, banned_for, decode, decode_rows, pooled_with, prefix_layout, random_tokens
 
 
 class MMABudget(Budget):
@@ -124,8 +124,8 @@ class MMADiffusion(Attack):
         current prompt; fill the rest with the last valid one (or the current prompt if none is valid). As in the
         official code the candidates continue as text: the ids kept are those of the re-tokenized text."""
         keep = []
-        for c in cands:
-            ids = tok(decode(tok, c), add_special_tokens=False).input_ids
+        retokenized = tok(decode_rows(tok, cands), add_special_tokens=False).input_ids
+        for c, ids in zip(cands, retokenized):
             if not torch.equal(c, cur) and len(ids) == len(c):
                 keep.append(torch.tensor(ids))
         if not keep:
