@@ -221,6 +221,7 @@ def worker_generate(a) -> None:
     import numpy as np
     import torch
     from diffusers import StableDiffusionPipeline
+    from torch.nn.attention import SDPBackend, sdpa_kernel
     from torch.utils.flop_counter import FlopCounterMode
 
     from igmu.generate import GenSettings, generate_images, initial_noise
@@ -258,7 +259,8 @@ def worker_generate(a) -> None:
         res["matmul_gflops"].append(_matmul_gflops())
     res["pixel_identical"] = bool(np.array_equal(out["igmu"], out["plain"]))
     res["max_pixel_diff"] = int(np.abs(out["igmu"].astype(int) - out["plain"].astype(int)).max())
-    with FlopCounterMode(display=False) as fc:
+    # torch's FLOP counter has no formula for the CPU attention kernel: count the math attention backend's
+    with FlopCounterMode(display=False) as fc, sdpa_kernel(SDPBackend.MATH):
         igmu_run()
     counts = fc.get_flop_counts()
     res["flops"] = fc.get_total_flops()
