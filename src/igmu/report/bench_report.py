@@ -82,7 +82,7 @@ class Bench:
         Fine-tuning results differ between thread counts and between instruction sets, so a leaderboard says
         whether its cells share one."""
         def setting(c: Cell) -> str:
-            rt = c.results.get("runtime") if isinstance(c.results.get("runtime"), dict) else {}
+            rt = _mapping(c.results.get("runtime"))
             t, isa = rt.get("threads"), rt.get("cpu")
             ok = isinstance(t, int) and not isinstance(t, bool) and isinstance(isa, str)
             return f"{_one_line(isa)} x {t} thread(s)" if ok else "not recorded"
@@ -91,6 +91,11 @@ class Bench:
         if len(counts) == 1:
             return f"{next(iter(counts))} (all {sum(counts.values())} finished cells)"
         return "mixed: " + ", ".join(f"{k} in {n} cells" for k, n in sorted(counts.items()))
+
+
+def _mapping(x) -> dict:
+    """x when it is a mapping, else {} (fields of results.json and bench.json are read defensively)."""
+    return x if isinstance(x, dict) else {}
 
 
 def _one_line(x) -> str:
@@ -125,7 +130,7 @@ def load_bench(bench_dir: Path) -> Bench:
         cid = str(c.get("id", f"cell-{i}"))
         cell = Cell(id=cid, method_label=str(c.get("method_label") or c.get("method") or cid),
                     method=str(c.get("method", "")), task=str(c.get("task", "")), seed=c.get("seed", ""),
-                    set=c.get("set") if isinstance(c.get("set"), dict) else {}, status="missing")
+                    set=_mapping(c.get("set")), status="missing")
         rp = root / "cells" / cid / "results.json"
         if not _CELL_ID.match(cid) or cid in (".", ".."):
             cell.status, cell.problem = "unreadable", "cell id is not a folder name"
@@ -382,11 +387,11 @@ ul.toc{columns:2;margin:6px 0}
 
 
 def _provenance_html(b: Bench) -> str:
-    prov = b.meta.get("provenance") if isinstance(b.meta.get("provenance"), dict) else {}
+    prov = _mapping(b.meta.get("provenance"))
     kv = [("created", prov.get("created")), ("model", prov.get("model")),
           ("model fingerprint", prov.get("model_fingerprint")), ("config sha256", prov.get("config_sha256")),
           ("CPU kernels and threads", b.cpu_runtime()), ("folder", str(b.root))]
-    versions = prov.get("versions") if isinstance(prov.get("versions"), dict) else {}
+    versions = _mapping(prov.get("versions"))
     rows = [f"<th>{esc(k)}</th><td><code>{esc('–' if v is None else v)}</code></td>" for k, v in kv]
     rows += [f"<th>{esc(k)}</th><td><code>{esc(v)}</code></td>" for k, v in versions.items()]
     n_fin = sum(c.status == "finished" for c in b.cells)
@@ -631,7 +636,7 @@ def _drill_html(b: Bench, task: str) -> str:
 def _task_header(b: Bench, task: str) -> str:
     fin = [c for c in b.cells_of(task) if c.status == "finished"]
     t = (fin[0].results.get("task") if fin else None) or {}
-    cat = t.get("category") if isinstance(t.get("category"), dict) else {}
+    cat = _mapping(t.get("category"))
     bits = []
     if t.get("name") and str(t.get("name")) != task:
         bits.append(f"name {t['name']}")
@@ -885,7 +890,7 @@ def seed_spread(cells) -> tuple[list[str], list[list[str]]]:
 # --- Markdown and CSV ----------------------------------------------------------------------------
 
 def render_markdown(b: Bench) -> str:
-    prov = b.meta.get("provenance") if isinstance(b.meta.get("provenance"), dict) else {}
+    prov = _mapping(b.meta.get("provenance"))
     lines = [f"# igmu benchmark: {md(b.name)}", ""]
     for k in ("created", "model", "model_fingerprint", "config_sha256"):
         if prov.get(k) is not None:
