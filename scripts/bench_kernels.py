@@ -20,30 +20,21 @@ import argparse
 import os
 import sys
 import time
+from pathlib import Path
 
 os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
 os.environ.setdefault("DIFFUSERS_VERBOSITY", "error")
 
-FLOP_KERNELS = {  # aten kernels that do the multiply-adds the FLOP counter counts
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from bench_vs_official import _matmul_gflops as matmul_gflops  # noqa: E402  (the same peak as its FLOP bound)
+
+FLOP_KERNELS = {  # aten kernels that do the multiply-adds (self times partition a nested call)
     "conv": ("aten::mkldnn_convolution", "aten::_convolution", "aten::convolution", "aten::conv2d",
              "aten::thnn_conv2d", "aten::_slow_conv2d_forward"),
     "matmul": ("aten::addmm", "aten::mm", "aten::bmm", "aten::baddbmm", "aten::matmul", "aten::linear"),
     "attention": ("aten::_scaled_dot_product_flash_attention_for_cpu", "aten::_scaled_dot_product_attention_math",
                   "aten::_flash_attention_forward", "aten::scaled_dot_product_attention"),
 }
-
-
-def matmul_gflops(n: int = 2048, repeats: int = 5) -> float:
-    import torch
-
-    a, b = torch.randn(n, n), torch.randn(n, n)
-    a @ b
-    best = float("inf")
-    for _ in range(repeats):
-        t = time.perf_counter()
-        a @ b
-        best = min(best, time.perf_counter() - t)
-    return 2 * n ** 3 / best / 1e9
 
 
 def timed(fn, repeats: int) -> float:

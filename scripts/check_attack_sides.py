@@ -101,6 +101,9 @@ def compare(a: dict[tuple, dict], b: dict[tuple, dict]) -> str:
 
     lines, keys = [], sorted(set(a) & set(b))
     attacked = [k for k in keys if not a[k]["success_no_attack"] and not b[k]["success_no_attack"]]
+    if not attacked:
+        return (f"{len(keys)} prompts, none attacked on both sides (the plain prompt already showed the target): "
+                "nothing to compare; choose cells that erase the target (--labels)")
     for side, recs in (("revision", a), ("working", b)):
         rs = [recs[k] for k in keys]
         att = [recs[k] for k in attacked]
@@ -109,19 +112,21 @@ def compare(a: dict[tuple, dict], b: dict[tuple, dict]) -> str:
         lines.append(f"{side:9s} ASR {sum(r['success'] for r in rs)}/{len(rs)}; attacked {len(att)}: "
                      f"iterations/prompt {statistics.mean(r['iterations'] for r in att):.2f}, "
                      f"checks/prompt {statistics.mean(r['checks'] for r in att):.2f}")
-        lines.append(f"{'':9s} final loss: {describe(loss)}")
+        lines.append(f"{'':9s} final loss: {describe(loss) if loss else 'not recorded by this attack'}")
         lines.append(f"{'':9s} CPU s per attacked prompt: median {statistics.median(cpu):.2f}, "
                      f"min {min(cpu):.2f}, total {sum(cpu):.1f}")
     la = [a[k]["final_loss"] for k in attacked if a[k].get("final_loss") is not None]
     lb = [b[k]["final_loss"] for k in attacked if b[k].get("final_loss") is not None]
-    ks = ks_2samp(la, lb)
-    lines.append(f"KS on final losses: D = {ks.statistic:.4f}, p = {ks.pvalue:.3f}")
+    if la and lb:
+        ks = ks_2samp(la, lb)
+        lines.append(f"KS on final losses: D = {ks.statistic:.4f}, p = {ks.pvalue:.3f}")
     same = lambda f: sum(a[k][f] == b[k][f] for k in attacked)  # noqa: E731
     rel = sorted(abs(a[k]["final_loss"] - b[k]["final_loss"]) / max(abs(a[k]["final_loss"]), 1e-12)
                  for k in attacked if a[k].get("final_loss") is not None and b[k].get("final_loss") is not None)
     lines.append(f"paired over {len(attacked)} attacked prompts: same success {same('success')}, "
-                 f"same iterations {same('iterations')}, same adversarial prompt {same('adversarial_prompt')}; "
-                 f"final loss relative difference median {statistics.median(rel):.2g}, max {max(rel):.2g}")
+                 f"same iterations {same('iterations')}, same adversarial prompt {same('adversarial_prompt')}"
+                 + (f"; final loss relative difference median {statistics.median(rel):.2g}, max {max(rel):.2g}"
+                    if rel else ""))
     ca = sum(a[k]["cpu_seconds"] for k in attacked)
     cb = sum(b[k]["cpu_seconds"] for k in attacked)
     lines.append(f"CPU time over the attacked prompts: revision {ca:.1f} s, working {cb:.1f} s: "
