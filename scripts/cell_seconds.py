@@ -4,6 +4,7 @@ it, `igmu bench` starts the longest cells first (runner.longest_first).
 
     python scripts/cell_seconds.py OUT [OUT ...] --out benchmarks/timings/mini.yaml
     python scripts/cell_seconds.py --simulate benchmarks/mini.yaml --slots 2   # what the order is worth
+    python scripts/cell_seconds.py OUT [OUT ...] --breakdown   # erasure, evaluation and attacks, summed
 
 --simulate replays a config's cells on N slots with the file's times (list scheduling: a free slot takes the
 next cell) in the two orders the runner knows, config order (tasks interleaved) and longest first, and prints
@@ -23,19 +24,48 @@ from pathlib import Path
 import yaml
 
 
+def finished(bench_dir: Path):
+    """results.json of each finished cell of the folder's last config (bench.json), not every cell ever run there."""
+    for c in json.loads((Path(bench_dir) / "bench.json").read_text())["cells"]:
+        f = Path(bench_dir) / "cells" / c["id"] / "results.json"
+        if f.is_file():
+            yield json.loads(f.read_text())
+
+
 def cell_seconds(bench_dirs: list[Path]) -> dict[str, dict[str, float]]:
     runs: dict[str, dict[str, list[float]]] = {}
-    for d in bench_dirs:  # the cells of the folder's last config (bench.json), not every cell ever run there
-        for c in json.loads((Path(d) / "bench.json").read_text())["cells"]:
-            f = Path(d) / "cells" / c["id"] / "results.json"
-            if not f.is_file():
-                continue
-            res = json.loads(f.read_text())
+    for d in bench_dirs:
+        for res in finished(d):
             cell = res["cell"]
             secs = float(res.get("seconds") or 0) + float((res.get("cost") or {}).get("erase_seconds") or 0)
             runs.setdefault(cell["method_label"], {}).setdefault(cell["task"], []).append(secs)
     return {label: {task: round(statistics.mean(v)) for task, v in sorted(by.items())}
             for label, by in sorted(runs.items())}
+
+
+def breakdown(bench_dir: Path) -> str:
+    """Where a folder's cell time went, summed over its finished cells as their results.json record it: erasure,
+    evaluation, each attack's seconds, the prompts it attacked (those not shown without attack) and the images
+    it generated for them, and the evaluation without the attacks."""
+    erase = evaluation = 0.0
+    attacks: dict[str, list[float]] = {}
+    n = 0
+    for res in finished(bench_dir):
+        n += 1
+        erase += float((res.get("cost") or {}).get("erase_seconds") or 0)
+        evaluation += float(res.get("seconds") or 0)
+        for key, a in ((res.get("aggregates") or {}).get("robustness") or {}).get("attacks", {}).items():
+            acc = attacks.setdefault(key, [0.0, 0, 0])
+            acc[0] += sum(float(p["seconds"]) for p in a["prompts"])
+            hit = [p for p in a["prompts"] if not p["success_no_attack"]]
+            acc[1] += len(hit)
+            acc[2] += sum(int(p["images_generated"]) for p in hit)
+    att = sum(v[0] for v in attacks.values())
+    lines = [f"{bench_dir}: {n} finished cells; erasure {erase:,.0f} s, evaluation {evaluation:,.0f} s, of which "
+             f"attacks {att:,.0f} s and the rest {evaluation - att:,.0f} s"]
+    lines += [f"  {k}: {s:,.0f} s, {m} attacked prompts, {i:,} images generated for them"
+              for k, (s, m, i) in attacks.items()]
+    return "\n".join(lines)
 
 
 def makespan(times: list[float], slots: int) -> float:
@@ -69,9 +99,14 @@ def main() -> None:
     ap.add_argument("--out", type=Path)
     ap.add_argument("--simulate", type=Path, metavar="CONFIG")
     ap.add_argument("--slots", type=int, default=2)
+    ap.add_argument("--breakdown", action="store_true", help="print where each folder's cell time went")
     args = ap.parse_args()
     if args.simulate:
         return simulate(args.simulate, args.slots)
+    if args.breakdown:
+        for d in args.bench:
+            print(breakdown(d))
+        return None
     if not args.bench or not args.out:
         ap.error("give finished bench folders and --out FILE (or --simulate CONFIG)")
     table = cell_seconds(args.bench)
