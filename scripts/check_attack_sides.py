@@ -9,12 +9,13 @@ target, judge, concept kind and budget, at the cell's sampling settings (steps, 
 process that runs the cells one after the other at one thread; with --jobs 2 the two sides run at the same
 time, so their times are measured side by side under the same load. Prints:
 
-  * per side: the attack success rate, the final-loss statistics over all prompts (mean, std, quartiles), the
-    iterations and checks per prompt, and the CPU seconds per prompt (median and total; CPU time of each
-    side's process, which a shared machine inflates less than wall time);
-  * the two-sample Kolmogorov-Smirnov test between the sides' final losses (scipy.stats.ks_2samp);
+  * per side: the attack success rate, the iterations and checks per prompt, and the CPU seconds per prompt
+    (median and total; CPU time of each side's process, which a shared machine inflates less than wall time);
+  * the final losses of the attacked prompts, compared as check_batched.py compares losses
+    (revision_sides.sample_comparison: statistics per side, a Kolmogorov-Smirnov test, the paired relative
+    difference);
   * paired by (cell, prompt, seed): how often the success, the iteration count and the adversarial prompt are
-    the same, and the relative difference of the final loss.
+    the same.
 """
 from __future__ import annotations
 
@@ -28,7 +29,7 @@ import tempfile
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from revision_sides import resolve_rev, revision_tree, run_sides  # noqa: E402
+from revision_sides import resolve_rev, revision_tree, run_sides, sample_comparison  # noqa: E402
 
 
 def bench_runs(bench: Path, attack: str, labels: list[str] | None, prompts: int | None) -> list[dict]:
@@ -90,15 +91,7 @@ def records(out: Path, runs: list[dict]) -> dict[tuple, dict]:
     return recs
 
 
-def describe(xs: list[float]) -> str:
-    q = statistics.quantiles(xs, n=4) if len(xs) > 1 else [xs[0]] * 3
-    return (f"n {len(xs)}, mean {statistics.mean(xs):.4g}, std {statistics.pstdev(xs):.3g}, "
-            f"25% {q[0]:.4g}, median {q[1]:.4g}, 75% {q[2]:.4g}")
-
-
 def compare(a: dict[tuple, dict], b: dict[tuple, dict]) -> str:
-    from scipy.stats import ks_2samp
-
     lines, keys = [], sorted(set(a) & set(b))
     attacked = [k for k in keys if not a[k]["success_no_attack"] and not b[k]["success_no_attack"]]
     if not attacked:
@@ -107,26 +100,23 @@ def compare(a: dict[tuple, dict], b: dict[tuple, dict]) -> str:
     for side, recs in (("revision", a), ("working", b)):
         rs = [recs[k] for k in keys]
         att = [recs[k] for k in attacked]
-        loss = [r["final_loss"] for r in att if r.get("final_loss") is not None]
         cpu = [r["cpu_seconds"] for r in att]
         lines.append(f"{side:9s} ASR {sum(r['success'] for r in rs)}/{len(rs)}; attacked {len(att)}: "
                      f"iterations/prompt {statistics.mean(r['iterations'] for r in att):.2f}, "
                      f"checks/prompt {statistics.mean(r['checks'] for r in att):.2f}")
-        lines.append(f"{'':9s} final loss: {describe(loss) if loss else 'not recorded by this attack'}")
         lines.append(f"{'':9s} CPU s per attacked prompt: median {statistics.median(cpu):.2f}, "
                      f"min {min(cpu):.2f}, total {sum(cpu):.1f}")
-    la = [a[k]["final_loss"] for k in attacked if a[k].get("final_loss") is not None]
-    lb = [b[k]["final_loss"] for k in attacked if b[k].get("final_loss") is not None]
-    if la and lb:
-        ks = ks_2samp(la, lb)
-        lines.append(f"KS on final losses: D = {ks.statistic:.4f}, p = {ks.pvalue:.3f}")
+    with_loss = [k for k in attacked if a[k].get("final_loss") is not None and b[k].get("final_loss") is not None]
+    if with_loss:
+        lines += ["", "Final loss of the attacked prompts:", ""]
+        lines += sample_comparison([a[k]["final_loss"] for k in with_loss], [b[k]["final_loss"] for k in with_loss],
+                                   ("revision", "working"), "the same cell, prompt and seed", column="code")
+        lines.append("")
+    else:
+        lines.append("final loss: not recorded by this attack")
     same = lambda f: sum(a[k][f] == b[k][f] for k in attacked)  # noqa: E731
-    rel = sorted(abs(a[k]["final_loss"] - b[k]["final_loss"]) / max(abs(a[k]["final_loss"]), 1e-12)
-                 for k in attacked if a[k].get("final_loss") is not None and b[k].get("final_loss") is not None)
     lines.append(f"paired over {len(attacked)} attacked prompts: same success {same('success')}, "
-                 f"same iterations {same('iterations')}, same adversarial prompt {same('adversarial_prompt')}"
-                 + (f"; final loss relative difference median {statistics.median(rel):.2g}, max {max(rel):.2g}"
-                    if rel else ""))
+                 f"same iterations {same('iterations')}, same adversarial prompt {same('adversarial_prompt')}")
     ca = sum(a[k]["cpu_seconds"] for k in attacked)
     cb = sum(b[k]["cpu_seconds"] for k in attacked)
     lines.append(f"CPU time over the attacked prompts: revision {ca:.1f} s, working {cb:.1f} s: "

@@ -34,7 +34,7 @@ import tempfile
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from revision_sides import ROOT, resolve_rev, revision_tree, run_sides  # noqa: E402
+from revision_sides import ROOT, resolve_rev, revision_tree, run_sides, sample_comparison  # noqa: E402
 
 SETTINGS = {"esd": {"default": ["train_method=xattn"], "strong": ["train_method=xattn", "lr=2e-3"]},
             # AdvUnlearn's defaults changed after ac3cfac (its mini scaling became the published values), so
@@ -86,22 +86,13 @@ def drive(spec_file: str) -> int:
 
 def report(cases: list[dict], a: dict, b: dict, rev: str, working_sets: str = "") -> str:
     import numpy as np
-    from scipy.stats import ks_2samp
 
     la = np.concatenate([a[c["id"]]["losses"] for c in cases])
     lb = np.concatenate([b[c["id"]]["losses"] for c in cases])
-    lines = [f"Per-iteration loss, {len(cases)} runs x {len(la) // max(1, len(cases))} iterations per side",
-             "", "| loop | n | mean | std | 25% | median | 75% | max |", "|---|---|---|---|---|---|---|---|"]
-    for name, x in ((f"before ({rev})", la), (f"now (working tree{', ' + working_sets if working_sets else ''})", lb)):
-        q = np.percentile(x, [25, 50, 75])
-        lines.append(f"| {name} | {len(x)} | {x.mean():.3e} | {x.std():.3e} | {q[0]:.3e} | {q[1]:.3e} | {q[2]:.3e} | "
-                     f"{x.max():.3e} |")
-    ks = ks_2samp(la, lb)
-    rel = np.abs(lb - la) / np.maximum(np.abs(la), 1e-12)
-    lines += ["", f"Two-sample Kolmogorov-Smirnov: D = {ks.statistic:.4f}, p = {ks.pvalue:.3f}. Paired (iteration i "
-                  f"of the same run on both sides): median relative difference {np.median(rel):.2e}, 95th percentile "
-                  f"{np.percentile(rel, 95):.2e}, max {rel.max():.2e}.", "",
-              "| run | mean loss by quarter, before | now | forget shown (before / now) | "
+    lines = [f"Per-iteration loss, {len(cases)} runs x {len(la) // max(1, len(cases))} iterations per side", ""]
+    lines += sample_comparison(la, lb, (f"before ({rev})", f"now (working tree{', ' + working_sets if working_sets else ''})"),
+                               "iteration i of the same run on both sides")
+    lines += ["", "| run | mean loss by quarter, before | now | forget shown (before / now) | "
               "retain as asked | erase s (before / now) |", "|---|---|---|---|---|---|"]
     for c in cases:
         ra, rb = a[c["id"]], b[c["id"]]

@@ -1,6 +1,7 @@
-"""What check_bitwise.py and check_batched.py share: the same erasures run once with a git revision's code and
-once with the working tree's, each side in its own driver process (`SCRIPT --driver SPEC.json`) whose PYTHONPATH
-is that side's src/, one thread each unless OMP_NUM_THREADS says otherwise."""
+"""What check_bitwise.py, check_batched.py and check_attack_sides.py share: the same work run once with a git
+revision's code and once with the working tree's, each side in its own driver process (`SCRIPT --driver
+SPEC.json`) whose PYTHONPATH is that side's src/, one thread each unless OMP_NUM_THREADS says otherwise; and the
+comparison of a quantity both sides recorded."""
 from __future__ import annotations
 
 import contextlib
@@ -61,3 +62,23 @@ def run_sides(script: str, tmp: Path, wt: Path, jobs: int, make_spec, describe) 
         print("error: a driver failed", file=sys.stderr)
         return False
     return True
+
+
+def sample_comparison(la, lb, names: tuple[str, str], paired: str, column: str = "loop") -> list[str]:
+    """Markdown lines comparing two sides' samples of one quantity, element i of each from the same case
+    (`paired` says which): their statistics (n, mean, std, quartiles, max), a two-sample Kolmogorov-Smirnov
+    test (scipy.stats.ks_2samp) and the paired relative difference (median, 95th percentile, max)."""
+    import numpy as np
+    from scipy.stats import ks_2samp
+
+    la, lb = np.asarray(la, dtype=float), np.asarray(lb, dtype=float)
+    lines = [f"| {column} | n | mean | std | 25% | median | 75% | max |", "|---|---|---|---|---|---|---|---|"]
+    for name, x in zip(names, (la, lb)):
+        q = np.percentile(x, [25, 50, 75])
+        lines.append(f"| {name} | {len(x)} | {x.mean():.3e} | {x.std():.3e} | {q[0]:.3e} | {q[1]:.3e} | {q[2]:.3e} | "
+                     f"{x.max():.3e} |")
+    ks = ks_2samp(la, lb)
+    rel = np.abs(lb - la) / np.maximum(np.abs(la), 1e-12)
+    return lines + ["", f"Two-sample Kolmogorov-Smirnov: D = {ks.statistic:.4f}, p = {ks.pvalue:.3f}. Paired ({paired}): "
+                        f"median relative difference {np.median(rel):.2e}, 95th percentile "
+                        f"{np.percentile(rel, 95):.2e}, max {rel.max():.2e}."]
