@@ -30,11 +30,10 @@ def main() -> int:
     a = ap.parse_args()
 
     import torch
-    from transformers import CLIPTextConfig, CLIPTextModel
 
     from igmu.attacks.search import allowed_tokens, prefix_layout, random_tokens, through_end
     from igmu.models.clip_tokenizer import clip_tokenizer
-    from igmu.models.scale import scale_config
+    from igmu.models.scale import scale_config, scale_text_encoder
 
     torch.set_num_threads(a.threads)
     print("| text encoder | candidates x tokens | full length, s (min / median) | through the end token, s "
@@ -43,8 +42,7 @@ def main() -> int:
     for kind in [k.strip() for k in a.kinds.split(",") if k.strip()]:
         c = scale_config(kind)
         torch.manual_seed(0)
-        te = CLIPTextModel(CLIPTextConfig(**{k: v for k, v in c["text_encoder"].items() if k != "architectures"}))
-        te.eval()
+        te = scale_text_encoder(c).eval()
         tok = clip_tokenizer(c["tokenizer"]["pad_token"])
         g = torch.Generator().manual_seed(0)
         allowed = allowed_tokens(tok, te.get_input_embeddings().weight.shape[0])

@@ -31,13 +31,20 @@ def scale_config(kind: str) -> dict:
     return json.loads((CONFIGS / f"{kind}.json").read_text())
 
 
+def scale_text_encoder(config: dict):
+    """The text encoder of a scale config (scale_config(kind)), with random weights from torch's global
+    generator."""
+    from transformers import CLIPTextConfig, CLIPTextModel
+
+    return CLIPTextModel(CLIPTextConfig(**{k: v for k, v in config["text_encoder"].items() if k != "architectures"}))
+
+
 def build_scale_pipeline(kind: str = "sd15", seed: int = 0, dtype: torch.dtype = torch.float32,
                          sample_size: int | None = None):
     """A StableDiffusionPipeline of `kind` with random weights. `sample_size` (latent side) overrides the
     default resolution (e.g. 32 for 256 px timing runs); the architecture and every weight shape stay
     those of the real model."""
     from diffusers import AutoencoderKL, DDIMScheduler, PNDMScheduler, StableDiffusionPipeline, UNet2DConditionModel
-    from transformers import CLIPTextConfig, CLIPTextModel
 
     from .clip_tokenizer import clip_tokenizer
 
@@ -45,7 +52,7 @@ def build_scale_pipeline(kind: str = "sd15", seed: int = 0, dtype: torch.dtype =
     unet_cfg = dict(c["unet"], **({"sample_size": sample_size} if sample_size else {}))
     torch.manual_seed(seed)
     unet = UNet2DConditionModel.from_config(unet_cfg)
-    te = CLIPTextModel(CLIPTextConfig(**{k: v for k, v in c["text_encoder"].items() if k != "architectures"}))
+    te = scale_text_encoder(c)
     vae = AutoencoderKL.from_config(c["vae"])
     sched_cls = {"PNDMScheduler": PNDMScheduler, "DDIMScheduler": DDIMScheduler}[c["scheduler"]["_class_name"]]
     sched = sched_cls.from_config(c["scheduler"])
