@@ -26,7 +26,7 @@ os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
 os.environ.setdefault("DIFFUSERS_VERBOSITY", "error")
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from bench_vs_official import _matmul_gflops as matmul_gflops  # noqa: E402  (the same peak as its FLOP bound)
+from bench_vs_official import _matmul_gflops as matmul_gflops, flop_counter  # noqa: E402  (its peak and FLOPs)
 
 FLOP_KERNELS = {  # aten kernels that do the multiply-adds (self times partition a nested call)
     "conv": ("aten::mkldnn_convolution", "aten::_convolution", "aten::convolution", "aten::conv2d",
@@ -63,7 +63,6 @@ def main() -> int:
     a = ap.parse_args()
 
     import torch
-    from torch.nn.attention import SDPBackend, sdpa_kernel
     from torch.profiler import ProfilerActivity, profile
     from torch.utils.flop_counter import FlopCounterMode
 
@@ -92,9 +91,7 @@ def main() -> int:
         with FlopCounterMode(display=False) as fc:
             call()
         by_op = {str(k).split(".")[-1]: v for k, v in fc.get_flop_counts()["Global"].items()}
-        with FlopCounterMode(display=False) as fc_math, sdpa_kernel(SDPBackend.MATH):
-            call()  # torch's FLOP counter has no formula for the CPU attention kernel: count its math version
-        flops = fc_math.get_total_flops()
+        flops = flop_counter(call).get_total_flops()  # attention's FLOPs included
         by_op["attention"] = flops - fc.get_total_flops()
         best, kernels = float("inf"), None
         for _ in range(a.repeats):

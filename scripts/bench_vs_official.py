@@ -10,7 +10,7 @@ Rows (each a min and a median over --pairs interleaved pairs; the order inside a
   generate    64 images at the defaults (20 steps, guidance 5), in one process on --gen-threads threads:
               igmu.generate.generate_images vs a plain diffusers StableDiffusionPipeline call from the same
               initial noise; plus the FLOP lower bound: the FLOPs of the UNet / VAE / text-encoder calls
-              of one generation (torch.utils.flop_counter.FlopCounterMode) over the best float32 matmul
+              of one generation (flop_counter: torch's FlopCounterMode, attention counted) over the best float32 matmul
               GFLOP/s measured on the same threads in the same run
 
 The official code is read from a copy of its repository (a checkout, or a bare git directory such as
@@ -215,14 +215,22 @@ def _matmul_gflops(n: int = 2048, repeats: int = 5) -> float:
     return 2 * n ** 3 / best / 1e9
 
 
+def flop_counter(fn):
+    """torch's FLOP counter after one call of fn(), attention included: the counter has no formula for the CPU
+    attention kernel, so the call runs with the math attention backend, which it sees as matrix products."""
+    from torch.nn.attention import SDPBackend, sdpa_kernel
+    from torch.utils.flop_counter import FlopCounterMode
+
+    with FlopCounterMode(display=False) as fc, sdpa_kernel(SDPBackend.MATH):
+        fn()
+    return fc
+
+
 def worker_generate(a) -> None:
     """igmu generation vs plain diffusers, interleaved in this process, and the FLOP lower bound."""
     import numpy as np
     import torch
     from diffusers import StableDiffusionPipeline
-    from torch.nn.attention import SDPBackend, sdpa_kernel
-    from torch.utils.flop_counter import FlopCounterMode
-
     from igmu.generate import GenSettings, generate_images, initial_noise
     from igmu.models.load import load_pipeline, resolve_model
 
@@ -258,9 +266,7 @@ def worker_generate(a) -> None:
         res["matmul_gflops"].append(_matmul_gflops())
     res["pixel_identical"] = bool(np.array_equal(out["igmu"], out["plain"]))
     res["max_pixel_diff"] = int(np.abs(out["igmu"].astype(int) - out["plain"].astype(int)).max())
-    # torch's FLOP counter has no formula for the CPU attention kernel: count the math attention backend's
-    with FlopCounterMode(display=False) as fc, sdpa_kernel(SDPBackend.MATH):
-        igmu_run()
+    fc = flop_counter(igmu_run)
     counts = fc.get_flop_counts()
     res["flops"] = fc.get_total_flops()
     res["flops_by_module"] = {k: sum(v.values()) for k, v in counts.items() if k != "Global" and "." not in k}
